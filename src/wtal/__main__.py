@@ -1,0 +1,3 @@
+from wtal.cli import main
+
+raise SystemExit(main())

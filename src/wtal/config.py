@@ -1,0 +1,260 @@
+"""Configuration: dataclasses with defaults, loaded from YAML plus ``key=value`` overrides.
+
+The defaults below are the THUMOS14 protocol of ``docs/method.md``; a YAML file
+(``configs/thumos14.yaml``) changes only what differs. Every run writes its
+resolved config to ``<run>/config.yaml``, which loads back to the same object.
+
+Override syntax: ``train.iterations=2000``, ``model.lam=5``,
+``inference.thresholds=[0.1,0.5]``; values are parsed as YAML and checked
+against the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from wtal.errors import WtalError
+from wtal.models.registry import ModelConfig, model_config_class
+
+
+@dataclass
+class DataConfig:
+    layout: str = "canonical"  # canonical | wtalc | per_video (see wtal.data.readers)
+    root: str = ""  # dataset folder (canonical: holds dataset.yaml; wtalc: holds the bundle)
+    name: str = "Thumos14reduced"  # wtalc: bundle prefix of <name>-I3D-JOINTFeatures.npy
+    annotations: str = ""  # per_video: path of gt.json (default <root>/gt.json)
+    train_subset: str = "validation"  # subset used for training
+    test_subset: str = "test"  # subset used for evaluation
+    classes: list[str] = field(default_factory=list)  # restrict and order classes (empty: all)
+    exclude_videos: list[str] = field(default_factory=list)  # videos dropped (test-set variants)
+    snippet_seconds: float = 16 / 25  # seconds per snippet (16 frames at 25 fps)
+    modality: str = "both"  # rgb | flow | both
+    feature_dim: int = 2048  # stored feature width (rgb + flow) expected in the files
+    max_seqlen: int = 320  # snippets sampled per training video
+    sampling: str = "random_perturb"  # random_perturb (W-TALC) | uniform | crop
+    cache: bool = True  # keep features in memory after first read
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 5000  # optimizer steps
+    batch_size: int = 10  # videos per step
+    lr: float = 5e-5  # Adam learning rate
+    weight_decay: float = 1e-3  # Adam weight decay
+    eval_every: int = 200  # steps between evaluations on the test subset (0: only at the end)
+    seed: int = 0  # seeds python, numpy and torch
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads (0: leave torch's default)
+    select: str = "best_test"  # checkpoint for final detections: best_test (field practice) | last
+    log_every: int = 20  # steps between training-loss lines in metrics.jsonl
+
+
+@dataclass
+class InferenceConfig:
+    class_threshold: float = 0.2  # keep classes whose video score >= this (else the best one)
+    video_topk_divisor: int = 10  # video score: mean of top T // divisor snippets
+    proposal_source: str = "attention"  # attention | cas | both: what is thresholded
+    thresholds: list[float] = field(
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    )  # proposal thresholds on the min-max normalised sequence
+    upsample: int = 1  # repeat each snippet this many times before thresholding
+    outer_margin: float = 0.25  # outer-inner contrast margin, as a fraction of the length
+    class_score_weight: float = 0.2  # weight of the video class score added to each segment
+    nms: str = "nms"  # nms | soft_nms | none
+    nms_iou: float = 0.6  # IoU for hard NMS
+    soft_nms_sigma: float = 0.3  # Gaussian soft-NMS sigma
+    max_per_video: int = 100  # keep the best detections per video after NMS (0: all)
+
+
+@dataclass
+class EvalConfig:
+    thresholds: str = "thumos"  # thumos (0.1:0.1:0.7) | anet (0.5:0.05:0.95) | comma list
+    ambiguous_filter: bool = True  # drop detections overlapping "Ambiguous" regions (CO2-Net family)
+    units: str = "seconds"  # seconds | snippets (CO2-Net computes tIoU in snippet units)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: _default_model_config())
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs"  # parent folder of run directories
+    run_name: str = ""  # run directory name (empty: <model>-<timestamp>)
+
+
+DEFAULT_MODEL = "whole_video_bg"
+
+
+def _default_model_config() -> ModelConfig:
+    import wtal.models  # noqa: F401  (registers the models)
+
+    return model_config_class(DEFAULT_MODEL)(name=DEFAULT_MODEL)
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    """Check/convert a YAML value against a dataclass field annotation."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin is list:
+        (item_type,) = typing.get_args(annotation) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise WtalError(f"{where}: expected a list, found {value!r}")
+        return [_convert(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise WtalError(f"{where}: expected true or false, found {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise WtalError(f"{where}: expected an integer, found {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise WtalError(f"{where}: expected a number, found {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise WtalError(f"{where}: expected a string, found {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise WtalError(f"{where}: expected a mapping, found {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise WtalError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+    kwargs = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _convert(value, hint, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Config:
+    """Build a :class:`Config` from nested mappings (unknown keys are errors)."""
+    import wtal.models  # noqa: F401  (registers the models)
+
+    values = dict(values or {})
+    model_values = dict(values.pop("model", None) or {})
+    model_name = model_values.get("name", DEFAULT_MODEL)
+    if not isinstance(model_name, str):
+        raise WtalError(f"{source}: model.name: expected a string, found {model_name!r}")
+    try:
+        model_cls = model_config_class(model_name)
+    except WtalError as exc:
+        raise WtalError(f"{source}: {exc}") from None
+    model_values["name"] = model_name
+    cfg = _build(Config, values, source)
+    cfg.model = _build(model_cls, model_values, f"{source}: model")
+    validate(cfg, source)
+    return cfg
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise WtalError(f"override {dotted}: '{key}' is not a section")
+    node[keys[-1]] = value
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` strings (dotted keys, YAML values) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise WtalError(f"override {item!r}: expected key=value, e.g. train.iterations=2000")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(values, key.strip(), value)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``."""
+    values: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise WtalError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise WtalError(f"{path}: invalid YAML: {exc}") from None
+        if not isinstance(values, dict):
+            raise WtalError(f"{path}: expected a mapping of sections (data, model, train, ...)")
+    values = apply_overrides(values, overrides or [])
+    return config_from_dict(values, source)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+_CHOICES = {
+    ("data", "layout"): ("canonical", "wtalc", "per_video"),
+    ("data", "modality"): ("rgb", "flow", "both"),
+    ("data", "sampling"): ("random_perturb", "uniform", "crop"),
+    ("train", "select"): ("best_test", "last"),
+    ("inference", "proposal_source"): ("attention", "cas", "both"),
+    ("inference", "nms"): ("nms", "soft_nms", "none"),
+    ("eval", "units"): ("seconds", "snippets"),
+}
+_POSITIVE = {
+    ("data", "snippet_seconds"),
+    ("data", "max_seqlen"),
+    ("data", "feature_dim"),
+    ("train", "iterations"),
+    ("train", "batch_size"),
+    ("train", "lr"),
+    ("inference", "video_topk_divisor"),
+    ("inference", "upsample"),
+}
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Check choices and ranges; raise :class:`WtalError` naming the field."""
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise WtalError(f"{source}: {section}.{key}: expected one of {list(choices)}, found {value!r}")
+    for section, key in _POSITIVE:
+        value = getattr(getattr(cfg, section), key)
+        if not value > 0:
+            raise WtalError(f"{source}: {section}.{key}: expected a positive number, found {value!r}")
+    if cfg.train.eval_every < 0:
+        raise WtalError(f"{source}: train.eval_every: expected >= 0, found {cfg.train.eval_every}")
+    if not all(0.0 <= t <= 1.0 for t in cfg.inference.thresholds) or not cfg.inference.thresholds:
+        raise WtalError(f"{source}: inference.thresholds: expected values in [0, 1], found {cfg.inference.thresholds}")
+    if hasattr(cfg.model, "validate"):
+        cfg.model.validate(source)

@@ -1,0 +1,37 @@
+"""The interface every registered model implements.
+
+A model maps padded snippet features to named outputs, turns those outputs
+into a loss from video-level labels, and into the three arrays localization
+needs. Nothing outside ``wtal.models`` knows how a method works inside.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class WtalModel(nn.Module):
+    """Base class of WTAL models.
+
+    Shapes: B videos, T snippets (padded), D feature width, C action classes.
+    ``mask`` is ``[B, T]`` bool, True on real snippets.
+    """
+
+    def forward(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """features [B, T, D] float32, mask [B, T] bool -> named tensors."""
+        raise NotImplementedError
+
+    def loss(self, outputs: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """labels [B, C] multi-hot float -> {"total": scalar, <component>: scalar, ...}."""
+        raise NotImplementedError
+
+    def scores(
+        self, outputs: dict[str, Tensor], mask: Tensor, video_topk_divisor: int = 10
+    ) -> dict[str, Tensor]:
+        """Inference scores, all in [0, 1]:
+
+        ``attention`` [B, T] actionness; ``cas`` [B, T, C] per-snippet action
+        class scores (never the background channel); ``video_scores`` [B, C]
+        pooled over the top ``T // video_topk_divisor`` snippets of each video.
+        """
+        raise NotImplementedError
