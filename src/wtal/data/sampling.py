@@ -1,0 +1,148 @@
+"""Training batches of snippet sequences, and padding for full-length evaluation.
+
+A training video of T snippets contributes ``min(T, max_seqlen)`` snippets,
+chosen by one of three modes:
+
+* ``random_perturb`` (W-TALC, CO2-Net): split ``[0, T)`` into L equal bins and
+  draw one random index per bin (sorted, every bin represented);
+* ``uniform``: the middle snippet of each bin (deterministic);
+* ``crop``: a random contiguous window of L snippets.
+
+A video with ``T <= max_seqlen`` contributes all its snippets in every mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from wtal.errors import WtalError
+
+SAMPLINGS = ("random_perturb", "uniform", "crop")
+
+
+def sample_indices(length: int, count: int, mode: str, rng: np.random.Generator) -> np.ndarray:
+    """Sorted snippet indices ``[min(length, count)]`` int64 into ``[0, length)``."""
+    if length <= count:
+        return np.arange(length)
+    if mode == "crop":
+        return rng.integers(0, length - count + 1) + np.arange(count)
+    # Integer bin bounds: with length > count every bin is non-empty, so picks stay inside it.
+    edges = np.arange(count + 1) * length // count
+    starts, stops = edges[:-1], edges[1:]
+    if mode == "uniform":
+        return (starts + stops) // 2
+    return starts + (rng.random(count) * (stops - starts)).astype(np.int64)
+
+
+def pad_batch(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``[T_i, D]`` arrays into features ``[B, T_max, D]`` float32 (zero padded)
+    and mask ``[B, T_max]`` bool (True on real snippets)."""
+    if not arrays:
+        raise ValueError("pad_batch: no arrays")
+    width = arrays[0].shape[1]
+    lengths = [len(a) for a in arrays]
+    features = np.zeros((len(arrays), max(lengths), width), dtype=np.float32)
+    mask = np.zeros((len(arrays), max(lengths)), dtype=bool)
+    for row, array in enumerate(arrays):
+        if array.ndim != 2 or array.shape[1] != width:
+            raise ValueError(f"pad_batch: array {row} has shape {array.shape}, expected [T, {width}]")
+        features[row, : len(array)] = array
+        mask[row, : len(array)] = True
+    return torch.from_numpy(features), torch.from_numpy(mask)
+
+
+class TrainBatches:
+    """Infinite iterator of training batches over the labelled videos of ``subset``.
+
+    ``next(batches)`` gives ``{"features": [B, L, D] float32, "mask": [B, L]
+    bool, "labels": [B, C] float32 multi-hot, "videos": list of B names}``
+    with L the longest sampled length in the batch (``<= max_seqlen``).
+    Videos are drawn in shuffled epochs; a batch may span two epochs. All
+    randomness comes from one numpy Generator seeded by ``seed``, and
+    :meth:`state_dict` (JSON-serialisable) resumes the exact same stream.
+    """
+
+    def __init__(
+        self, dataset, subset: str, batch_size: int, max_seqlen: int, sampling: str = "random_perturb", seed: int = 0
+    ):
+        if sampling not in SAMPLINGS:
+            raise WtalError(f"data.sampling: expected one of {list(SAMPLINGS)}, found {sampling!r}")
+        for key, value in (("train.batch_size", batch_size), ("data.max_seqlen", max_seqlen)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise WtalError(f"{key}: expected a positive integer, found {value!r}")
+        videos = dataset.videos(subset)
+        labels = dataset.label_matrix(videos)
+        labelled = labels.sum(axis=1) > 0
+        if not labelled.any():
+            raise WtalError(f"{dataset.source}: subset {subset!r}: no video with an action label to train on")
+        self.dataset = dataset
+        self.names = [v.name for v, keep in zip(videos, labelled) if keep]
+        self.lengths = np.array([dataset.num_snippets(n) for n in self.names])
+        self.batch_size = batch_size
+        self.max_seqlen = max_seqlen
+        self.sampling = sampling
+        self._labels = labels[labelled]
+        self._rng = np.random.default_rng(seed)
+        self._order = np.zeros(0, dtype=np.int64)
+        self._position = 0
+        self.epoch = 0
+
+    def __iter__(self) -> "TrainBatches":
+        return self
+
+    def _draw(self) -> np.ndarray:
+        """Indices of the next ``batch_size`` videos, starting a new epoch when one runs out."""
+        picks = []
+        needed = self.batch_size
+        while needed:
+            if self._position == len(self._order):
+                self._order = self._rng.permutation(len(self.names))
+                self._position = 0
+                self.epoch += 1
+            taken = self._order[self._position : self._position + needed]
+            picks.append(taken)
+            self._position += len(taken)
+            needed -= len(taken)
+        return np.concatenate(picks)
+
+    def __next__(self) -> dict[str, Any]:
+        picks = self._draw()
+        indices = [sample_indices(int(self.lengths[i]), self.max_seqlen, self.sampling, self._rng) for i in picks]
+        longest = max(len(idx) for idx in indices)
+        features = np.zeros((len(picks), longest, self.dataset.feature_dim), dtype=np.float32)
+        mask = np.zeros((len(picks), longest), dtype=bool)
+        for row, (i, idx) in enumerate(zip(picks, indices)):
+            # Indices are in range; mode="clip" lets take write straight into the batch.
+            np.take(self.dataset.features(self.names[i]), idx, axis=0, out=features[row, : len(idx)], mode="clip")
+            mask[row, : len(idx)] = True
+        return {
+            "features": torch.from_numpy(features),
+            "mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(self._labels[picks]),
+            "videos": [self.names[i] for i in picks],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rng state and epoch position (plain ints, lists and dicts)."""
+        return {
+            "rng": self._rng.bit_generator.state,
+            "order": self._order.tolist(),
+            "position": self._position,
+            "epoch": self.epoch,
+            "num_videos": len(self.names),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`; the following batches equal the saved run's."""
+        if state.get("num_videos") != len(self.names):
+            raise WtalError(
+                f"sampler state: saved for {state.get('num_videos')} training videos, this dataset has "
+                f"{len(self.names)}; resume with the same data configuration"
+            )
+        self._rng.bit_generator.state = state["rng"]
+        self._order = np.asarray(state["order"], dtype=np.int64)
+        self._position = int(state["position"])
+        self.epoch = int(state["epoch"])

@@ -1,0 +1,1 @@
+"""Training and inference loops: thin orchestration over data, models, localize and evaluate."""

@@ -1,0 +1,298 @@
+"""Scores -> segments: turn per-snippet scores into scored detections in seconds.
+
+For one video (``attention`` [T], ``cas`` [T, C], ``video_scores`` [C]):
+
+1. Classes: those whose video score >= ``class_threshold``, else the single best.
+2. Candidates: for each selected class the proposal sequence (``attention``, ``cas[:, c]`` or
+   both, pooled) is min-max normalised, each snippet repeated ``upsample`` times, and compared
+   with every threshold at once; each maximal run of active snippets is a candidate ``[s, e)``
+   in upsampled snippet units (``e`` exclusive). All runs of all classes and thresholds come
+   from one ``np.diff`` over padded masks.
+3. Score: outer-inner contrast on ``cas[:, c]`` (upsampled alike) plus
+   ``class_score_weight * video_scores[c]``; every mean is O(1) from cumulative sums.
+4. Seconds: ``s * snippet_seconds / upsample`` and ``e * snippet_seconds / upsample``, clipped to
+   ``[0, duration]`` when ``duration > 0`` (0 means unknown); zero-length results are dropped.
+5. Per class: exact duplicates (same start and end) keep their best score, then hard NMS,
+   Gaussian soft-NMS or none; finally the best ``max_per_video`` detections of the video.
+
+Choices:
+
+- A snippet is active when its normalised value is >= the threshold (inclusive).
+- A constant sequence (max == min) has no contrast to localise; it normalises to all ones, so
+  it yields one whole-video candidate rather than none.
+- Each margin is ``max(1, round_half_up(outer_margin * length))`` snippets, clipped to the
+  sequence; the outer mean pools the snippets of both margins and is 0 when both are empty.
+- Hard NMS drops a box whose IoU with a kept, better box is > ``nms_iou``.
+- Soft-NMS multiplies scores by ``exp(-iou**2 / sigma)`` and drops nothing. Contrast scores can
+  be negative; the factor keeps the sign, so a negative score moves towards 0 but never passes a
+  positive one.
+- NMS stops after ``max_per_video`` picks per class, since no class can place more in the
+  output; exact for hard NMS, and for soft-NMS while scores are >= 0.
+- Sorting is stable, so ties in score keep a deterministic order.
+- Loops run over selected classes and over boxes kept by NMS, never over snippets.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from wtal.config import InferenceConfig
+from wtal.detections import Detections
+from wtal.errors import WtalError, where
+
+_SOURCES = ("attention", "cas", "both")
+_NMS = ("nms", "soft_nms", "none")
+_TINY = np.finfo(np.float64).tiny
+
+
+def temporal_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of segments ``a`` [N, 2] and ``b`` [M, 2] (``[start, end]``, any unit) -> [N, M].
+
+    ActivityNet formula: ``inter / (len_a + len_b - inter)``; 0 where the union is empty.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 2)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 2)
+    inter = np.minimum(a[:, None, 1], b[None, :, 1]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    inter = np.clip(inter, 0.0, None)
+    union = (a[:, 1] - a[:, 0])[:, None] + (b[:, 1] - b[:, 0])[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _iou_one(s: float, e: float, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """IoU of one segment ``[s, e]`` with each of ``[starts, ends]`` [M] -> [M] (hot loop: lean)."""
+    inter = np.maximum(np.minimum(e, ends) - np.maximum(s, starts), 0.0)
+    # An empty union means an empty intersection too, so the tiny floor yields IoU 0.
+    return inter / np.maximum((e - s) + (ends - starts) - inter, _TINY)
+
+
+def nms(start: np.ndarray, end: np.ndarray, score: np.ndarray, iou: float, limit: int = 0) -> np.ndarray:
+    """Hard NMS over segments ``start``/``end``/``score`` [N] -> kept indices [K], best first.
+
+    A segment is dropped when its IoU with an already kept, better segment is > ``iou``.
+    ``limit`` > 0 stops after that many kept segments (the same first ``limit`` as without it).
+    """
+    start, end, score = (np.asarray(x, dtype=np.float64) for x in (start, end, score))
+    order = np.argsort(-score, kind="stable")
+    keep = []
+    while order.size and (limit <= 0 or len(keep) < limit):
+        best, rest = order[0], order[1:]
+        keep.append(best)
+        order = rest[_iou_one(start[best], end[best], start[rest], end[rest]) <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def soft_nms(start: np.ndarray, end: np.ndarray, score: np.ndarray, sigma: float, limit: int = 0) -> np.ndarray:
+    """Gaussian soft-NMS -> new scores [N], in the input order.
+
+    Repeatedly takes the best remaining segment and multiplies the score of every other
+    remaining one by ``exp(-iou**2 / sigma)``. ``limit`` > 0 stops after that many picks: the
+    picks get their final scores, the rest keep partial decays (no higher than the last pick's
+    score while scores are >= 0).
+    """
+    start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
+    new = np.array(score, dtype=np.float64)
+    remaining = np.arange(new.size)
+    picks = 0
+    while remaining.size > 1 and (limit <= 0 or picks < limit):
+        pos = int(np.argmax(new[remaining]))
+        best = remaining[pos]
+        remaining = np.delete(remaining, pos)
+        overlap = _iou_one(start[best], end[best], start[remaining], end[remaining])
+        new[remaining] *= np.exp(-(overlap**2) / sigma)
+        picks += 1
+    return new
+
+
+def select_classes(video_scores: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
+    """Class indices [K] (ascending) with ``video_scores`` [C] >= ``cfg.class_threshold``, else the best one."""
+    video_scores = np.asarray(video_scores)
+    chosen = np.flatnonzero(video_scores >= cfg.class_threshold)
+    return chosen if chosen.size else np.array([int(np.argmax(video_scores))])
+
+
+def _minmax(rows: np.ndarray) -> np.ndarray:
+    """Min-max normalise each row of [P, T]; constant rows become all ones."""
+    low = rows.min(axis=1, keepdims=True)
+    span = rows.max(axis=1, keepdims=True) - low
+    return np.divide(rows - low, span, out=np.ones_like(rows), where=span > 0)
+
+
+def _runs(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximal runs of True in each row of ``masks`` [R, L] -> (row, start, end) [N], end exclusive."""
+    padded = np.zeros((masks.shape[0], masks.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = masks
+    step = np.diff(padded, axis=1)  # step[:, j] compares snippet j - 1 with snippet j
+    row, start = np.nonzero(step == 1)
+    _, end = np.nonzero(step == -1)  # row-major order pairs each end with its start
+    return row, start, end
+
+
+def _contrast(seq: np.ndarray, slot: np.ndarray, s: np.ndarray, e: np.ndarray, margin: float) -> np.ndarray:
+    """Outer-inner contrast of candidates ``[s, e)`` on rows ``slot`` of ``seq`` [S, L] -> [N].
+
+    Mean of ``seq`` inside minus the pooled mean over both outer margins (0 if both are empty).
+    """
+    length = seq.shape[1]
+    cum = np.zeros((seq.shape[0], length + 1))
+    np.cumsum(seq, axis=1, out=cum[:, 1:])
+    size = e - s
+    m = np.maximum(1, np.floor(margin * size + 0.5).astype(np.int64))
+    left, right = np.maximum(s - m, 0), np.minimum(e + m, length)
+    inner = (cum[slot, e] - cum[slot, s]) / size
+    outer_sum = (cum[slot, s] - cum[slot, left]) + (cum[slot, right] - cum[slot, e])
+    outer_n = (s - left) + (right - e)
+    outer = np.divide(outer_sum, outer_n, out=np.zeros_like(outer_sum), where=outer_n > 0)
+    return inner - outer
+
+
+def _as_scores(value, name: str, shape: str, video: str) -> np.ndarray:
+    """``value`` as a finite float64 array with ``shape`` ("[T]", "[T, C]" or "[C]")."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise WtalError(f"{where(video, name)}: expected numbers, found {type(value).__name__}") from None
+    if array.ndim != shape.count(",") + 1:
+        raise WtalError(f"{where(video, name)}: expected shape {shape}, found {array.shape}")
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        raise WtalError(f"{where(video, name)}: {bad} NaN or infinite value(s); expected finite scores")
+    return array
+
+
+def _as_seconds(value, name: str, video: str, positive: bool) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not (np.isfinite(seconds) and (seconds > 0 if positive else seconds >= 0)):
+        expected = "a positive number of seconds" if positive else "seconds >= 0 (0: unknown)"
+        raise WtalError(f"{where(video, name)}: expected {expected}, found {value!r}")
+    return seconds
+
+
+def _check_inputs(attention, cas, video_scores, video):
+    attention = _as_scores(attention, "attention", "[T]", video)
+    cas = _as_scores(cas, "cas", "[T, C]", video)
+    video_scores = _as_scores(video_scores, "video_scores", "[C]", video)
+    t = attention.shape[0]
+    if t == 0:
+        raise WtalError(f"{where(video, 'attention')}: empty sequence (T = 0); expected at least one snippet")
+    if cas.shape[0] != t:
+        raise WtalError(f"{where(video, 'cas')}: expected [T, C] with T = {t} (from attention), found {cas.shape}")
+    if cas.shape[1] == 0:
+        raise WtalError(f"{where(video, 'cas')}: expected at least one class column, found {cas.shape}")
+    c = cas.shape[1]
+    if video_scores.shape[0] != c:
+        found = video_scores.shape
+        raise WtalError(f"{where(video, 'video_scores')}: expected [C] with C = {c} (from cas), found {found}")
+    return attention, cas, video_scores
+
+
+def _check_config(cfg: InferenceConfig) -> None:
+    if cfg.proposal_source not in _SOURCES:
+        raise WtalError(f"inference.proposal_source: expected one of {list(_SOURCES)}, found {cfg.proposal_source!r}")
+    if cfg.nms not in _NMS:
+        raise WtalError(f"inference.nms: expected one of {list(_NMS)}, found {cfg.nms!r}")
+    if not cfg.thresholds:
+        raise WtalError("inference.thresholds: expected at least one threshold")
+    if isinstance(cfg.upsample, bool) or not isinstance(cfg.upsample, (int, np.integer)) or cfg.upsample < 1:
+        raise WtalError(f"inference.upsample: expected a positive integer, found {cfg.upsample!r}")
+    if cfg.nms == "soft_nms" and not cfg.soft_nms_sigma > 0:
+        raise WtalError(f"inference.soft_nms_sigma: expected a positive number, found {cfg.soft_nms_sigma!r}")
+
+
+def localize_video(
+    attention: np.ndarray,
+    cas: np.ndarray,
+    video_scores: np.ndarray,
+    snippet_seconds: float,
+    duration: float,
+    cfg: InferenceConfig,
+    video: str = "video",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Detections of one video -> ``(label [N] int64, start [N] s, end [N] s, score [N])``, best first.
+
+    ``attention`` [T], ``cas`` [T, C] and ``video_scores`` [C] are per-snippet / per-video scores;
+    ``snippet_seconds`` converts snippets to seconds; ``duration`` (seconds, 0: unknown) clips the
+    segments. ``video`` names the video in error messages.
+    """
+    _check_config(cfg)
+    attention, cas, video_scores = _check_inputs(attention, cas, video_scores, video)
+    snippet_seconds = _as_seconds(snippet_seconds, "snippet_seconds", video, positive=True)
+    duration = _as_seconds(duration, "duration", video, positive=False)
+    up = cfg.upsample
+    classes = select_classes(video_scores, cfg)
+    slots = np.arange(classes.size)
+
+    # Proposal sequences [P, T]; row_slot[p] is the position in ``classes`` of row p's class.
+    sequences, row_slot = [], []
+    if cfg.proposal_source in ("attention", "both"):
+        sequences.append(np.broadcast_to(attention, (classes.size, attention.size)))
+        row_slot.append(slots)
+    if cfg.proposal_source in ("cas", "both"):
+        sequences.append(cas[:, classes].T)
+        row_slot.append(slots)
+    normalised = np.repeat(_minmax(np.concatenate(sequences)), up, axis=1)  # [P, T * up]
+    thresholds = np.asarray(cfg.thresholds, dtype=np.float64)
+    masks = normalised[:, None, :] >= thresholds[None, :, None]  # [P, K, T * up]
+    row, s, e = _runs(masks.reshape(-1, normalised.shape[1]))
+    slot = np.concatenate(row_slot)[row // thresholds.size]
+
+    scored = np.repeat(cas[:, classes], up, axis=0).T  # [S, T * up]
+    score = _contrast(scored, slot, s, e, cfg.outer_margin) + cfg.class_score_weight * video_scores[classes][slot]
+    label = classes[slot].astype(np.int64)
+    start, end = s * snippet_seconds / up, e * snippet_seconds / up
+    if duration > 0:
+        start, end = np.clip(start, 0.0, duration), np.clip(end, 0.0, duration)
+    # Best first, so that np.unique's first occurrence of a duplicate is its best copy.
+    order = np.argsort(-score, kind="stable")
+    order = order[end[order] > start[order]]
+    label, start, end, score = label[order], start[order], end[order], score[order]
+    _, first = np.unique(np.column_stack([label, start, end]), axis=0, return_index=True)
+    first.sort()
+    label, start, end, score = label[first], start[first], end[first], score[first]
+
+    if cfg.nms != "none":
+        # Each class contributes at most max_per_video detections, so NMS can stop there.
+        cap = cfg.max_per_video
+        groups = [np.flatnonzero(label == c) for c in classes]
+        if cfg.nms == "nms":
+            keep = np.concatenate([g[nms(start[g], end[g], score[g], cfg.nms_iou, cap)] for g in groups])
+            label, start, end, score = label[keep], start[keep], end[keep], score[keep]
+        else:
+            for g in groups:
+                score[g] = soft_nms(start[g], end[g], score[g], cfg.soft_nms_sigma, cap)
+    order = np.argsort(-score, kind="stable")
+    if cfg.max_per_video > 0:
+        order = order[: cfg.max_per_video]
+    return label[order], start[order], end[order], score[order]
+
+
+def localize(
+    records: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray, float]],
+    classes: Iterable[str],
+    snippet_seconds: float,
+    cfg: InferenceConfig,
+) -> Detections:
+    """Detections of many videos.
+
+    ``records``: ``(video_name, attention [T], cas [T, C], video_scores [C], duration seconds)``
+    with C = ``len(classes)``; each video name at most once.
+    """
+    classes = tuple(classes)
+    parts, seen = [], set()
+    for name, attention, cas, video_scores, duration in records:
+        if name in seen:
+            raise WtalError(f"{name}: video scored twice; expected each video once")
+        seen.add(name)
+        label, start, end, score = localize_video(
+            attention, cas, video_scores, snippet_seconds, duration, cfg, video=name
+        )
+        if np.shape(cas)[1] != len(classes):  # cas is [T, C] once localize_video accepted it
+            raise WtalError(f"{where(name, 'cas')}: expected C = {len(classes)} classes, found {np.shape(cas)[1]}")
+        video = np.empty(label.size, dtype=object)
+        video[:] = name
+        parts.append(Detections(video=video, label=label, start=start, end=end, score=score, classes=classes))
+    return Detections.concatenate(parts, classes)

@@ -1,0 +1,75 @@
+"""Timelines of what a model saw in a video: attention, class activations, ground truth, detections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from wtal.data.annotations import Video
+from wtal.detections import Detections
+from wtal.io import atomic_path
+
+
+def plot_timelines(
+    path: str | Path,
+    videos: Sequence[Video | None],
+    names: Sequence[str],
+    attention: Sequence[np.ndarray],
+    cas: Sequence[np.ndarray],
+    classes: Sequence[str],
+    snippet_seconds: float,
+    detections: Detections | None = None,
+    top_classes: int = 2,
+) -> Path:
+    """Write a PNG with one panel per video.
+
+    Per video: attention [T] and the ``top_classes`` strongest class
+    activations ``cas`` [T, C] over time in seconds; ground-truth segments
+    (``videos[i]`` may be None for an unannotated video) and detections as bars.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(names)
+    fig, axes = plt.subplots(count, 1, figsize=(12, 2.6 * count), squeeze=False)
+    palette = plt.get_cmap("tab10")
+    for row, name in enumerate(names):
+        ax = axes[row, 0]
+        length = len(attention[row])
+        seconds = (np.arange(length) + 0.5) * snippet_seconds
+        ax.plot(seconds, attention[row], color="black", lw=1.2, label="attention")
+        strongest = np.argsort(-cas[row].max(axis=0))[:top_classes]
+        for k, c in enumerate(strongest):
+            ax.plot(seconds, cas[row][:, c], color=palette(k), lw=1.0, alpha=0.8, label=f"CAS {classes[c]}")
+        video = videos[row]
+        if video is not None:
+            for (start, end), label in zip(video.segments, video.labels):
+                ax.axvspan(start, end, ymin=0.0, ymax=0.06, color="tab:green", alpha=0.9)
+            ax.plot([], [], color="tab:green", lw=6, label="ground truth")
+        if detections is not None:
+            keep = np.flatnonzero(detections.video == name)
+            keep = keep[np.argsort(-detections.score[keep])][:10]
+            for rank, i in enumerate(keep):
+                y = -0.08 - 0.05 * (rank % 4)
+                ax.plot([detections.start[i], detections.end[i]], [y, y], color="tab:red", lw=3, alpha=0.8)
+                if rank < 4:
+                    ax.text(
+                        detections.start[i], y - 0.035,
+                        f"{classes[detections.label[i]]} {detections.score[i]:.2f}", fontsize=6, color="tab:red",
+                    )
+            ax.plot([], [], color="tab:red", lw=3, label="detections (top 10)")
+        ax.set_ylim(-0.3, 1.05)
+        ax.set_xlim(0, max(length * snippet_seconds, 1e-6))
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.legend(fontsize=7, loc="upper right", ncol=3)
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,32 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """The `tiny` synthetic preset, generated once per test session."""
+    from wtal.data.synthetic import generate
+
+    return generate("tiny", tmp_path_factory.mktemp("tiny") / "data", seed=0)
+
+
+@pytest.fixture
+def tiny_overrides(tiny_dataset, tmp_path):
+    """Config overrides for a quick run on the tiny preset."""
+    return [
+        f"data.root={tiny_dataset}",
+        f"output_dir={tmp_path / 'runs'}",
+        "run_name=run",
+        "model.embed_dim=32",
+        "data.max_seqlen=64",
+        "train.batch_size=8",
+        "train.iterations=60",
+        "train.eval_every=30",
+        "train.lr=1e-3",
+        "train.log_every=10",
+    ]

@@ -1,0 +1,102 @@
+"""The command line: each command end to end and its errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from wtal.cli import main
+
+
+def _write(path, obj):
+    path.write_text(json.dumps(obj))
+    return path
+
+
+@pytest.fixture
+def vector_e(tmp_path):
+    gt = _write(tmp_path / "gt.json", {"database": {
+        "v1": {"subset": "validation", "duration": 40, "annotations": [
+            {"segment": [0, 10], "label": "A"}, {"segment": [20, 30], "label": "B"}]},
+        "v9": {"subset": "training", "duration": 40, "annotations": [{"segment": [0, 10], "label": "A"}]},
+    }})
+    pred = _write(tmp_path / "pred.json", {"results": {
+        "v1": [{"label": "A", "score": 0.9, "segment": [0, 10]}],
+        "v9": [{"label": "A", "score": 0.95, "segment": [0, 10]}],
+    }})
+    return gt, pred
+
+
+def test_eval_files(vector_e, tmp_path, capsys):
+    gt, pred = vector_e
+    out = tmp_path / "result.json"
+    code = main(["eval", "--gt", str(gt), "--pred", str(pred), "--subset", "validation",
+                 "--thresholds", "0.5,0.75", "--per-class", "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["mAP"] == pytest.approx([25.0, 25.0])
+    assert "25.00" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"label": "Z", "score": 0.5, "segment": [0, 1]}, "unknown label 'Z'"),
+        ({"label": "A", "score": 0.5, "segment": [5, 1]}, "end 1.0 precedes start 5.0"),
+        ({"label": "A", "score": float("nan"), "segment": [0, 1]}, "score"),
+    ],
+)
+def test_eval_rejects_bad_predictions(vector_e, tmp_path, capsys, entry, message):
+    gt, _ = vector_e
+    pred = _write(tmp_path / "bad.json", {"results": {"v1": [entry]}})
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "--subset", "validation"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wtal: error:") and "bad.json" in err and "v1" in err and message in err
+
+
+def test_missing_file_is_one_clear_line(tmp_path, capsys):
+    assert main(["eval", "--gt", str(tmp_path / "nope.json"), "--pred", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.json: file not found" in err and "Traceback" not in err
+
+
+def test_train_localize_eval_round_trip(tiny_overrides, tiny_dataset, tmp_path, capsys):
+    overrides = [o for o in tiny_overrides if not o.startswith("train.iterations")] + ["train.iterations=4"]
+    assert main(["train", "--quiet", *overrides]) == 0
+    run = tmp_path / "runs" / "run"
+    assert main(["localize", "--run", str(run)]) == 0
+    detections = run / "detections-test.json"
+    assert json.loads(detections.read_text())["results"]
+    assert main(["localize", "--run", str(run)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["eval", "--gt", str(tiny_dataset / "annotations.json"), "--pred", str(detections)]) == 0
+    assert main(["eval", "--run", str(run)]) == 0
+
+
+def test_train_reports_nan_features(tiny_overrides, tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "nan"
+    shutil.copytree(tiny_dataset, data)
+    victim = sorted((data / "features").glob("*.npy"))[0]
+    features = np.load(victim)
+    features[3, 5] = np.nan
+    np.save(victim, features)
+    overrides = [o for o in tiny_overrides if not o.startswith("data.root")] + [f"data.root={data}"]
+    assert main(["train", "--quiet", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert victim.stem in err and "NaN" in err
+
+
+def test_bad_override_names_the_field(capsys):
+    assert main(["train", "train.iterations=many"]) == 2
+    assert "train.iterations: expected an integer" in capsys.readouterr().err
+
+
+def test_synth_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "mine.txt").write_text("precious")
+    assert main(["synth", "--preset", "tiny", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "mine.txt").read_text() == "precious"

@@ -1,0 +1,135 @@
+"""Training batches: shapes, masks, the three sampling modes, seeding and resume."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from wtal.data.annotations import Annotations, Video
+from wtal.data.readers import FeatureDataset
+from wtal.data.sampling import TrainBatches, pad_batch, sample_indices
+from wtal.errors import WtalError
+
+LENGTHS = {"a": 3, "b": 10, "c": 25, "d": 40, "e": 7, "bg": 12}
+
+
+def make_dataset(lengths=LENGTHS, width=4):
+    videos, arrays = {}, {}
+    for k, (name, t) in enumerate(lengths.items()):
+        labels = () if name == "bg" else (("X",) if k % 2 else ("X", "Y"))
+        videos[name] = Video(name, "train", t * 1.0, np.zeros((len(labels), 2)), labels)
+        # Column 0 holds the snippet index, so sampled indices can be read back.
+        arrays[name] = np.repeat(np.arange(t, dtype=np.float32)[:, None], width, axis=1) + 1000 * k
+    return FeatureDataset.from_arrays(Annotations(("X", "Y"), videos), arrays, snippet_seconds=1.0)
+
+
+def test_batch_shapes_masks_and_labels():
+    dataset = make_dataset()
+    batches = TrainBatches(dataset, "train", batch_size=4, max_seqlen=16, sampling="random_perturb", seed=0)
+    seen = set()
+    for _ in range(5):
+        batch = next(batches)
+        features, mask, labels = batch["features"], batch["mask"], batch["labels"]
+        assert features.dtype == torch.float32 and mask.dtype == torch.bool and labels.dtype == torch.float32
+        assert features.shape[:2] == mask.shape and features.shape[0] == 4 and features.shape[2] == 4
+        expected = [min(LENGTHS[n], 16) for n in batch["videos"]]
+        assert mask.sum(1).tolist() == expected and mask.shape[1] == max(expected)
+        assert not features[~mask].any()
+        for row, name in enumerate(batch["videos"]):
+            assert labels[row].tolist() == dataset.label_matrix([dataset.annotations.videos[name]])[0].tolist()
+        seen.update(batch["videos"])
+    assert seen == set(LENGTHS) - {"bg"}  # unlabelled videos are never drawn
+
+
+def test_epochs_cover_every_video_once():
+    batches = TrainBatches(make_dataset(), "train", batch_size=5, max_seqlen=8, sampling="uniform", seed=3)
+    assert sorted(next(batches)["videos"]) == sorted(set(LENGTHS) - {"bg"})
+
+
+@pytest.mark.parametrize("mode", ["random_perturb", "uniform", "crop"])
+def test_sample_indices_modes(mode):
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(sample_indices(5, 8, mode, rng), np.arange(5))
+    for length in (9, 17, 100, 1001):
+        idx = sample_indices(length, 8, mode, rng)
+        assert idx.shape == (8,) and idx.min() >= 0 and idx.max() < length and np.all(np.diff(idx) > 0)
+        if mode == "crop":
+            assert np.all(np.diff(idx) == 1)
+        else:  # one index in each of the 8 bins [floor(i T / 8), floor((i + 1) T / 8))
+            bounds = np.arange(9) * length // 8
+            assert np.all(idx >= bounds[:-1]) and np.all(idx < bounds[1:])
+    if mode == "uniform":
+        np.testing.assert_array_equal(sample_indices(80, 8, mode, rng), np.arange(5, 80, 10))
+    else:
+        draws = {tuple(sample_indices(100, 8, mode, rng)) for _ in range(10)}
+        assert len(draws) > 1
+
+
+def test_sampled_snippets_come_from_the_indices():
+    batches = TrainBatches(make_dataset(), "train", batch_size=5, max_seqlen=8, sampling="crop", seed=1)
+    batch = next(batches)
+    for row, name in enumerate(batch["videos"]):
+        picked = batch["features"][row, batch["mask"][row], 0] % 1000
+        assert torch.all(picked[1:] - picked[:-1] == 1)
+
+
+def _stream(batches, count):
+    return [next(batches) for _ in range(count)]
+
+
+def _same(first, second):
+    return all(
+        a["videos"] == b["videos"] and torch.equal(a["features"], b["features"]) and torch.equal(a["mask"], b["mask"])
+        for a, b in zip(first, second)
+    )
+
+
+def test_seed_determinism_and_resume():
+    dataset = make_dataset()
+    make = lambda seed: TrainBatches(dataset, "train", 3, 8, "random_perturb", seed)  # noqa: E731
+    assert _same(_stream(make(7), 6), _stream(make(7), 6))
+    assert not _same(_stream(make(7), 6), _stream(make(8), 6))
+
+    original = make(7)
+    _stream(original, 4)  # mid-epoch (5 videos, 3 per batch)
+    state = json.loads(json.dumps(original.state_dict()))
+    expected = _stream(original, 5)
+    resumed = make(123)
+    resumed.load_state_dict(state)
+    assert _same(_stream(resumed, 5), expected) and resumed.epoch == original.epoch
+
+
+def test_resume_refuses_another_dataset():
+    state = TrainBatches(make_dataset(), "train", 2, 8, "uniform", 0).state_dict()
+    other = TrainBatches(make_dataset({"a": 3, "b": 4}), "train", 2, 8, "uniform", 0)
+    with pytest.raises(WtalError, match="saved for 5 training videos"):
+        other.load_state_dict(state)
+
+
+def test_bad_arguments_and_unlabelled_subset():
+    dataset = make_dataset()
+    with pytest.raises(WtalError, match="data.sampling"):
+        TrainBatches(dataset, "train", 2, 8, "random", 0)
+    with pytest.raises(WtalError, match="train.batch_size"):
+        TrainBatches(dataset, "train", 0, 8, "uniform", 0)
+    with pytest.raises(WtalError, match="subset 'test'"):
+        TrainBatches(dataset, "test", 2, 8, "uniform", 0)
+
+
+def test_pad_batch():
+    features, mask = pad_batch([np.ones((2, 3)), np.full((4, 3), 2.0)])
+    assert features.dtype == torch.float32 and features.shape == (2, 4, 3)
+    assert mask.tolist() == [[True, True, False, False], [True] * 4]
+    assert features[0, 2:].abs().sum() == 0 and torch.all(features[1] == 2)
+
+
+def test_sampling_is_cheap():
+    dataset = make_dataset({f"v{i}": 2000 + 37 * i for i in range(10)}, width=2048)
+    batches = TrainBatches(dataset, "train", 10, 320, "random_perturb", 0)
+    next(batches)  # fills the feature cache
+    started = time.perf_counter()
+    for _ in range(5):
+        next(batches)
+    assert (time.perf_counter() - started) / 5 < 0.05

@@ -1,0 +1,61 @@
+"""Training end to end on the tiny synthetic preset."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wtal.config import load_config
+from wtal.engine.inference import detect, predict, score_detections
+from wtal.engine.trainer import load_checkpoint, load_run, train
+from wtal.errors import WtalError
+from wtal.models import build_model
+
+
+def _untrained_map(cfg):
+    from wtal.data.readers import load_dataset
+
+    torch.manual_seed(cfg.train.seed)
+    dataset = load_dataset(cfg.data)
+    model = build_model(cfg.model, dataset.feature_dim, dataset.num_classes)
+    scores = predict(model, dataset, dataset.videos(cfg.data.test_subset), torch.device("cpu"), 10)
+    result, _ = score_detections(detect(scores, dataset, cfg), scores, dataset, cfg)
+    return result.summary()["avg"]
+
+
+def test_short_training_beats_untrained_model(tiny_overrides):
+    cfg = load_config(None, tiny_overrides)
+    before = _untrained_map(cfg)
+    result = train(cfg, progress=False)
+    after = result.metrics["averages"]["avg"]
+    assert after > before + 5.0, (before, after)
+
+    run = result.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "detections.json", "metrics.json"):
+        assert (run / name).is_file(), name
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {line["split"] for line in lines} == {"train", "test"}
+    assert [line["step"] for line in lines if line["split"] == "test"] == [30, 60]
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] == 60
+    cfg2, dataset, model = load_run(run)
+    assert cfg2 == cfg
+
+
+def test_training_is_deterministic_on_cpu(tiny_overrides, tmp_path):
+    overrides = [o for o in tiny_overrides if not o.startswith(("train.iterations", "train.eval_every"))]
+    overrides += ["train.iterations=20", "train.eval_every=0"]
+    first = train(load_config(None, overrides), progress=False).metrics
+    second = train(load_config(None, overrides + ["run_name=again"]), progress=False).metrics
+    assert first["mAP"] == second["mAP"]
+    assert np.isfinite(first["averages"]["avg"])
+
+
+def test_run_directory_is_not_overwritten(tiny_overrides):
+    overrides = [o for o in tiny_overrides if not o.startswith("train.iterations")] + ["train.iterations=2"]
+    cfg = load_config(None, overrides)
+    train(cfg, progress=False)
+    with pytest.raises(WtalError, match="--overwrite"):
+        train(cfg, progress=False)
+    train(cfg, overwrite=True, progress=False)
