@@ -100,3 +100,15 @@ def test_synth_refuses_to_overwrite(tmp_path, capsys):
     assert main(["synth", "--preset", "tiny", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "mine.txt").read_text() == "precious"
+
+
+def test_demo_on_a_small_dataset(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--quiet", "--out", str(out), "--data", str(tiny_dataset),
+                 "model.embed_dim=32", "data.max_seqlen=64", "train.iterations=6", "train.eval_every=3"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "paper (Li et al. 2022)" in text and "avg(0.1:0.7)" in text
+    run = out / "run"
+    assert (run / "timeline.png").stat().st_size > 10_000
+    assert (run / "detections.json").is_file() and (run / "metrics.json").is_file()

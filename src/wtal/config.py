@@ -122,6 +122,11 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
             raise WtalError(f"{where}: expected an integer, found {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise WtalError(f"{where}: expected a number, found {value!r}")
         return float(value)

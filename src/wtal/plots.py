@@ -48,13 +48,13 @@ def plot_timelines(
         video = videos[row]
         if video is not None:
             for (start, end), label in zip(video.segments, video.labels):
-                ax.axvspan(start, end, ymin=0.0, ymax=0.06, color="tab:green", alpha=0.9)
+                ax.fill_between([start, end], -0.07, -0.02, color="tab:green", alpha=0.9)
             ax.plot([], [], color="tab:green", lw=6, label="ground truth")
         if detections is not None:
             keep = np.flatnonzero(detections.video == name)
             keep = keep[np.argsort(-detections.score[keep])][:10]
             for rank, i in enumerate(keep):
-                y = -0.08 - 0.05 * (rank % 4)
+                y = -0.11 - 0.045 * (rank % 4)
                 ax.plot([detections.start[i], detections.end[i]], [y, y], color="tab:red", lw=3, alpha=0.8)
                 if rank < 4:
                     ax.text(
@@ -62,7 +62,7 @@ def plot_timelines(
                         f"{classes[detections.label[i]]} {detections.score[i]:.2f}", fontsize=6, color="tab:red",
                     )
             ax.plot([], [], color="tab:red", lw=3, label="detections (top 10)")
-        ax.set_ylim(-0.3, 1.05)
+        ax.set_ylim(-0.32, 1.05)
         ax.set_xlim(0, max(length * snippet_seconds, 1e-6))
         ax.set_title(name, fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper right", ncol=3)

@@ -175,7 +175,7 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True) -> RunRes
         total.backward()
         optimizer.step()
         if step % cfg.train.log_every == 0 or step == 1:
-            record = {"step": step, "split": "train", **{k: round(float(v), 6) for k, v in losses.items()}}
+            record = {"step": step, "split": "train", **{k: round(v.item(), 6) for k, v in losses.items()}}
             log.write(record)
             bar.set_postfix(loss=f"{record['total']:.4f}")
         if step in eval_steps:
@@ -189,7 +189,7 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True) -> RunRes
                 best = summary[PRIMARY_METRIC]
                 best_scores = scores
                 save_checkpoint(run_dir / "best.pt", model, optimizer, step, best, batches, cfg)
-            bar.set_postfix(loss=f"{float(total):.4f}", mAP=f"{summary[PRIMARY_METRIC]:.2f}")
+            bar.set_postfix(loss=f"{total.item():.4f}", mAP=f"{summary[PRIMARY_METRIC]:.2f}")
     bar.close()
 
     chosen = best_scores if cfg.train.select == "best_test" else last_scores
