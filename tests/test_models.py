@@ -185,7 +185,22 @@ def test_bg_loss_off_gives_zero_background_component():
     model = make_model(bg_loss=False).eval()
     losses = model.loss(model(features, mask), labels, mask)
     assert losses["bg"].item() == 0.0
-    torch.testing.assert_close(losses["total"], losses["fg"] + 0.8 * losses["norm"])
+    torch.testing.assert_close(losses["total"], losses["fg"] + model.cfg.alpha * losses["norm"])
+
+
+def test_background_weight_ramps_in_over_the_warmup():
+    features, mask, labels = make_batch()
+    model = make_model(bg_warmup=0.5, beta=0.4).eval()
+    with torch.no_grad():
+        out = model(features, mask)
+        totals = []
+        for progress in (0.0, 0.25, 0.5, 0.9):
+            model.progress = progress
+            losses = model.loss(out, labels, mask)
+            totals.append(losses["total"] - losses["fg"] - model.cfg.alpha * losses["norm"])
+    weights = [0.0, 0.5, 1.0, 1.0]
+    for total, weight in zip(totals, weights):
+        torch.testing.assert_close(total, weight * 0.4 * losses["bg"])
 
 
 def test_foreground_loss_matches_definition():

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from wtal.errors import WtalError
+from wtal.io import read_yaml_mapping
 from wtal.models.registry import ModelConfig, model_config_class
 
 
@@ -204,16 +205,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     values: dict = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise WtalError(f"{path}: config file not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise WtalError(f"{path}: invalid YAML: {exc}") from None
-        if not isinstance(values, dict):
-            raise WtalError(f"{path}: expected a mapping of sections (data, model, train, ...)")
+        values = read_yaml_mapping(path, "sections data, model, train, inference, eval")
     values = apply_overrides(values, overrides or [])
     return config_from_dict(values, source)
 

@@ -259,7 +259,8 @@ class DetectionResult:
     ) -> str:
         """Text table: one row per method (ours, then each ``reference`` row), columns
         mAP (%) at each threshold followed by the averages; ``reference`` maps a row
-        name to K values in % (None where not reported). ``per_class`` adds a row
+        name to K values in % (None where not reported), optionally followed by its
+        reported averages (printed as given instead of recomputed). ``per_class`` adds a row
         per class with its AP (%) and gt count."""
         sets = self._average_sets()
         if len(sets) > 1 and len(sets[-2][1]) == len(self.thresholds):
@@ -268,13 +269,18 @@ class DetectionResult:
 
         def row(name: str, values: Sequence[float | None]) -> list[str]:
             known = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-            cells = list(known) + [known[idx].mean() for _, idx in sets]
+            cells = list(known) if len(known) > len(self.thresholds) else (
+                list(known) + [known[idx].mean() for _, idx in sets]
+            )
             return [name] + ["-" if np.isnan(c) else f"{c:.2f}" for c in cells]
 
         rows = [row("mAP (%)", 100 * self.mAP)]
         for name, values in (reference or {}).items():
-            if len(values) != len(self.thresholds):
-                raise WtalError(f"reference[{name!r}]: expected {len(self.thresholds)} values, found {len(values)}")
+            if len(values) not in (len(self.thresholds), len(self.thresholds) + len(sets)):
+                raise WtalError(
+                    f"reference[{name!r}]: expected {len(self.thresholds)} values (or with "
+                    f"{len(sets)} averages), found {len(values)}"
+                )
             rows.append(row(name, values))
         if per_class:
             rows.append(None)

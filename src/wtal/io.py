@@ -71,6 +71,26 @@ def safe_unpickle(data: bytes, source: str) -> Any:
         raise WtalError(f"{source}: not a readable pickle ({type(exc).__name__}: {exc})") from None
 
 
+def _read_npy_header(handle, path) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        version = np.lib.format.read_magic(handle)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(handle)
+    except Exception as exc:
+        raise WtalError(f"{path}: not a .npy file ({exc})") from None
+    return shape, dtype
+
+
+def npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` file, read from its header only."""
+    with open(path, "rb") as handle:
+        return _read_npy_header(handle, path)
+
+
 def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
     """Load a ``.npy`` file; object arrays go through the restricted unpickler.
 
@@ -80,23 +100,14 @@ def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
     if not path.is_file():
         raise WtalError(f"{path}: file not found")
     with open(path, "rb") as handle:
+        _, dtype = _read_npy_header(handle, path)
+        if dtype.hasobject:
+            array = safe_unpickle(handle.read(), str(path))
+    if not dtype.hasobject:
         try:
-            version = np.lib.format.read_magic(handle)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            _, _, dtype = read_header(handle)
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         except Exception as exc:
-            raise WtalError(f"{path}: not a .npy file ({exc})") from None
-        if not dtype.hasobject:
-            handle.close()
-            try:
-                return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-            except Exception as exc:
-                raise WtalError(f"{path}: cannot read array ({exc})") from None
-        array = safe_unpickle(handle.read(), str(path))
+            raise WtalError(f"{path}: cannot read array ({exc})") from None
     if not isinstance(array, np.ndarray):
         raise WtalError(f"{path}: expected a numpy array, found {type(array).__name__}")
     return array
@@ -139,6 +150,22 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, np.asarray(array), allow_pickle=False)
+
+
+def read_yaml_mapping(path: str | os.PathLike, expected: str) -> dict:
+    """Read a YAML file that must hold a mapping; ``expected`` names its keys for the error."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise WtalError(f"{path}: file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise WtalError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise WtalError(f"{path}: expected a mapping ({expected})")
+    return values
 
 
 def read_json(path: str | os.PathLike) -> Any:

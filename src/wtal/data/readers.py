@@ -39,32 +39,15 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-import yaml
 
 from wtal.config import DataConfig
 from wtal.data.annotations import Annotations, Video
 from wtal.data.wtalc import read_wtalc_annotations
 from wtal.errors import WtalError
-from wtal.io import load_npy, read_json
+from wtal.io import load_npy, npy_header, read_json, read_yaml_mapping
 
 LAYOUTS = ("canonical", "wtalc", "per_video")
 MODALITIES = ("rgb", "flow", "both")
-
-
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a ``.npy`` file, read from its header only."""
-    try:
-        with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, _, dtype = read(handle)
-    except Exception as exc:
-        raise WtalError(f"{path}: not a .npy file ({exc})") from None
-    return shape, dtype
 
 
 def _check_array(shape, dtype, width: int, where: str) -> int:
@@ -116,7 +99,7 @@ class _FileStore:
                 f"{path}: features of video {name!r} not found "
                 "(the canonical layout expects features/<video>.npy for every annotated video)"
             )
-        return _check_array(*_npy_header(path), width, self.describe(name))
+        return _check_array(*npy_header(path), width, self.describe(name))
 
     def read(self, name: str, columns: slice) -> np.ndarray:
         # np.array copies the mapped rows into memory, so no file stays mapped.
@@ -147,7 +130,7 @@ class _StreamStore:
                     f"{path}: features of video {name!r} not found (the per_video layout expects "
                     "features/{train,test}/{rgb,flow}/<video>.npy for every video of split_{train,test}.txt)"
                 )
-            lengths.append(_check_array(*_npy_header(path), self.stream_width, f"{path} (video {name!r})"))
+            lengths.append(_check_array(*npy_header(path), self.stream_width, f"{path} (video {name!r})"))
         if lengths[0] != lengths[1]:
             rgb, flow = self.paths(name)
             raise WtalError(
@@ -394,12 +377,7 @@ def _load_canonical(cfg: DataConfig, root: Path):
     meta_path = root / "dataset.yaml"
     if not meta_path.is_file():
         raise WtalError(f"{meta_path}: not found (the canonical layout expects dataset.yaml in data.root)")
-    try:
-        meta = yaml.safe_load(meta_path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise WtalError(f"{meta_path}: invalid YAML: {exc}") from None
-    if not isinstance(meta, dict):
-        raise WtalError(f"{meta_path}: expected a mapping (name, snippet_seconds, feature_dim, ...)")
+    meta = read_yaml_mapping(meta_path, "name, snippet_seconds, feature_dim, ...")
 
     snippet_seconds = meta.get("snippet_seconds", cfg.snippet_seconds)
     if isinstance(snippet_seconds, bool) or not isinstance(snippet_seconds, (int, float)) or not snippet_seconds > 0:

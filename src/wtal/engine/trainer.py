@@ -160,6 +160,7 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True) -> RunRes
     bar = tqdm(range(1, cfg.train.iterations + 1), desc="train", disable=not progress, dynamic_ncols=True)
     model.train()
     for step in bar:
+        model.progress = (step - 1) / cfg.train.iterations
         batch = next(batches)
         features, mask, labels = (batch[k].to(device) for k in ("features", "mask", "labels"))
         outputs = model(features, mask)
@@ -191,6 +192,7 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True) -> RunRes
                 save_checkpoint(run_dir / "best.pt", model, optimizer, step, best, batches, cfg)
             bar.set_postfix(loss=f"{total.item():.4f}", mAP=f"{summary[PRIMARY_METRIC]:.2f}")
     bar.close()
+    model.progress = 1.0
 
     chosen = best_scores if cfg.train.select == "best_test" else last_scores
     detections = detect(chosen, dataset, cfg)

@@ -17,6 +17,8 @@ class WtalModel(nn.Module):
     ``mask`` is ``[B, T]`` bool, True on real snippets.
     """
 
+    progress: float = 1.0  # fraction of training done, set by the trainer (schedules read it)
+
     def forward(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """features [B, T, D] float32, mask [B, T] bool -> named tensors."""
         raise NotImplementedError
