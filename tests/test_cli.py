@@ -109,6 +109,6 @@ def test_demo_on_a_small_dataset(tiny_dataset, tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "paper (Li et al. 2022)" in text and "avg(0.1:0.7)" in text
-    run = out / "run"
+    (run,) = out.glob("run-*")
     assert (run / "timeline.png").stat().st_size > 10_000
     assert (run / "detections.json").is_file() and (run / "metrics.json").is_file()

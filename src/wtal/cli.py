@@ -172,7 +172,7 @@ def _cmd_demo(args) -> int:
     overrides = [
         f"data.root={data_dir}",
         f"output_dir={out}",
-        "run_name=run",
+        f"run_name=run-{time.strftime('%Y%m%d-%H%M%S')}",
         f"train.seed={args.seed}",
         *DEMO_OVERRIDES,
         *args.overrides,

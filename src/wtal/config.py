@@ -203,7 +203,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file at ``path`` (if any), then ``overrides``."""
     values: dict = {}
-    source = "defaults"
+    source = "config"
     if path is not None:
         source = str(path)
         values = read_yaml_mapping(path, "sections data, model, train, inference, eval")

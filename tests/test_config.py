@@ -1,0 +1,58 @@
+"""Configs: shipped YAML files, overrides, round trip, errors."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wtal.config import config_from_dict, config_to_dict, dump_config, load_config
+from wtal.errors import WtalError
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_and_round_trip(path):
+    cfg = load_config(path)
+    assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+def test_protocol_defaults():
+    thumos = load_config(CONFIGS[0].parent / "thumos14.yaml")
+    assert (thumos.data.layout, thumos.data.train_subset, thumos.data.test_subset) == ("wtalc", "validation", "test")
+    assert thumos.data.snippet_seconds == pytest.approx(16 / 25)
+    assert thumos.eval.ambiguous_filter and thumos.eval.thresholds == "thumos"
+    anet = load_config(CONFIGS[0].parent / "activitynet12.yaml")
+    assert (anet.data.max_seqlen, anet.model.topk_r, anet.eval.thresholds) == (60, 5, "anet")
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.iterations=7", "train.lr=1e-3", "model.lam=2", "inference.thresholds=[0.2,0.4]"])
+    assert cfg.train.iterations == 7 and cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.model.lam == 2.0 and isinstance(cfg.model.lam, float)
+    assert cfg.inference.thresholds == [0.2, 0.4]
+    assert config_to_dict(cfg)["model"]["name"] == "whole_video_bg"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.iterations=many", "train.iterations: expected an integer"),
+        ("train.nonsense=1", "unknown key(s) ['nonsense']"),
+        ("data.layout=zip", "data.layout: expected one of"),
+        ("model.name=nope", "unknown model 'nope'"),
+        ("model.window=0", "model.window: expected an integer >= 1"),
+        ("train", "expected key=value"),
+    ],
+)
+def test_bad_values_name_the_field(override, message):
+    with pytest.raises(WtalError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_bad_yaml_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(WtalError, match="c.yaml: expected a mapping"):
+        load_config(path)
