@@ -201,6 +201,19 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from wtal.engine.sweep import parse_grid, read_variants, run_sweep
+
+    rows = read_variants(args.variants) if args.variants else []
+    if args.grid or not rows:
+        rows += parse_grid(args.grid or [])
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    report = run_sweep(args.config, args.overrides, rows, seeds, Path(args.out), progress=not args.quiet)
+    print(Path(args.out, "report.md").read_text())
+    print(f"report: {args.out}/report.md, report.json, report.png ({len(report['rows'])} rows)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wtal", description="Weakly-supervised temporal action localization.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -242,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", action="store_true", help="also print per-class AP")
     p.add_argument("--out", help="write the results as JSON")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("sweep", help="train a grid of configurations over seeds; report mean ± std")
+    p.add_argument("--config", help="base YAML config")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="an axis of the grid (repeatable)")
+    p.add_argument("--variants", help="YAML file: row name -> list of key=value overrides")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
+    p.add_argument("--out", required=True, help="sweep folder (runs/ and the report)")
+    p.add_argument("--quiet", action="store_true")
+    _add_overrides(p)
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("demo", help="synthetic THUMOS14 -> train the paper's model -> mAP table and timeline")
     p.add_argument("--out", default="runs/demo", help="demo folder (data and run)")

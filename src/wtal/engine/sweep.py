@@ -1,0 +1,178 @@
+"""Sweeps: every combination of a grid (or named variants) over several seeds, and a report.
+
+Runs live in ``<out>/runs/<row>-seed<k>/``; a run whose ``metrics.json`` exists is
+skipped, so an interrupted sweep resumes where it stopped. The report gives every
+metric as mean ± std over seeds, the checkpoint rule used, and the exact command
+that reproduces each row.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wtal.config import load_config
+from wtal.errors import WtalError
+from wtal.io import atomic_path, read_json, read_yaml_mapping, write_json, write_text
+
+
+@dataclass
+class Row:
+    """One configuration of the sweep: a name and the overrides that make it."""
+
+    name: str
+    overrides: list[str]
+
+
+def parse_grid(items: list[str]) -> list[Row]:
+    """``["model.lam=1,5", "model.ten=base,both"]`` -> the cartesian product as rows."""
+    axes = []
+    for item in items:
+        if "=" not in item:
+            raise WtalError(f"--grid {item!r}: expected key=v1,v2,...")
+        key, values = item.split("=", 1)
+        choices = [v for v in values.split(",") if v != ""]
+        if not choices:
+            raise WtalError(f"--grid {item!r}: no values after '='")
+        axes.append([f"{key}={v}" for v in choices])
+    rows = []
+    for combo in itertools.product(*axes) if axes else [()]:
+        name = ",".join(combo) or "base"
+        rows.append(Row(name=name, overrides=list(combo)))
+    return rows
+
+
+def read_variants(path: str | Path) -> list[Row]:
+    """A YAML mapping ``name: [key=value, ...]`` -> rows (file order)."""
+    values = read_yaml_mapping(path, "variant name -> list of key=value overrides")
+    rows = []
+    for name, overrides in values.items():
+        if overrides is None:
+            overrides = []
+        if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+            raise WtalError(f"{path}: {name}: expected a list of key=value strings")
+        rows.append(Row(name=str(name), overrides=overrides))
+    return rows
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name)[:120]
+
+
+def run_dirs(out: Path, row: Row, seed: int) -> Path:
+    return out / "runs" / f"{_slug(row.name)}-seed{seed}"
+
+
+def run_command(config: str | None, base: list[str], row: Row, seed: int, run_dir: Path) -> list[str]:
+    """The ``wtal train`` command line that reproduces one run."""
+    command = ["wtal", "train", "--quiet"]
+    if config:
+        command += ["--config", str(config)]
+    command += [*base, *row.overrides, f"train.seed={seed}", f"output_dir={run_dir.parent}", f"run_name={run_dir.name}"]
+    return command
+
+
+def run_sweep(
+    config: str | None, base: list[str], rows: list[Row], seeds: list[int], out: Path, progress: bool = False
+) -> dict:
+    """Train every (row, seed) not finished yet, then write the report; returns the report dict."""
+    from wtal.engine.trainer import train
+
+    if not rows or not seeds:
+        raise WtalError("wtal sweep: nothing to run (give --grid or --variants, and --seeds)")
+    out.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        for seed in seeds:
+            run_dir = run_dirs(out, row, seed)
+            if (run_dir / "metrics.json").is_file():
+                continue
+            cfg = load_config(config, [*base, *row.overrides, f"train.seed={seed}"])
+            cfg.output_dir, cfg.run_name = str(run_dir.parent), run_dir.name
+            print(f"[sweep] {row.name} seed {seed} -> {run_dir}", flush=True)
+            train(cfg, overwrite=True, progress=progress)
+    report = summarize(config, base, rows, seeds, out)
+    write_report(report, out)
+    return report
+
+
+def summarize(config: str | None, base: list[str], rows: list[Row], seeds: list[int], out: Path) -> dict:
+    """Mean and std over seeds of every scalar metric, per row."""
+    table = []
+    checkpoint_rules = set()
+    for row in rows:
+        runs = [read_json(run_dirs(out, row, seed) / "metrics.json") for seed in seeds]
+        checkpoint_rules.update(r.get("checkpoint", "?") for r in runs)
+        metrics: dict[str, list[float]] = {}
+        for run in runs:
+            for key, value in _scalars(run).items():
+                metrics.setdefault(key, []).append(value)
+        table.append({
+            "row": row.name,
+            "overrides": row.overrides,
+            "seeds": seeds,
+            "mean": {k: float(np.mean(v)) for k, v in metrics.items()},
+            "std": {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in metrics.items()},
+            "commands": [shlex.join(run_command(config, base, row, s, run_dirs(out, row, s))) for s in seeds],
+        })
+    return {"config": config, "base_overrides": base, "seeds": seeds, "checkpoint": sorted(checkpoint_rules), "rows": table}
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    """Per-threshold mAP, averages and classification mAP of one run's metrics.json (in %)."""
+    values = {f"mAP@{t:g}": m for t, m in zip(metrics["thresholds"], metrics["mAP"])}
+    values.update(metrics.get("averages", {}))
+    if "cls_mAP" in metrics:
+        values["cls_mAP"] = metrics["cls_mAP"]
+    return values
+
+
+def write_report(report: dict, out: Path) -> None:
+    """``report.json``, ``report.md`` (mean ± std table + commands) and ``report.png``."""
+    write_json(out / "report.json", report)
+    rows = report["rows"]
+    keys = [k for k in rows[0]["mean"] if k.startswith("mAP@")] + [
+        k for k in rows[0]["mean"] if k.startswith("avg(")
+    ]
+    lines = [
+        f"# Sweep report: {len(rows)} configurations x seeds {report['seeds']}",
+        "",
+        f"Config: `{report['config'] or 'defaults'}`; base overrides: `{' '.join(report['base_overrides']) or 'none'}`; "
+        f"checkpoint: {', '.join(report['checkpoint'])}. Values are mAP (%) mean ± std over seeds.",
+        "",
+        "| configuration | " + " | ".join(keys) + " | cls mAP |",
+        "|---|" + "---|" * (len(keys) + 1),
+    ]
+    for row in rows:
+        cells = [f"{row['mean'][k]:.2f} ± {row['std'][k]:.2f}" for k in keys]
+        cls = f"{row['mean'].get('cls_mAP', float('nan')):.2f}"
+        lines.append(f"| {row['row']} | " + " | ".join(cells) + f" | {cls} |")
+    lines += ["", "## Commands", ""]
+    for row in rows:
+        lines += [f"- {row['row']}:"] + [f"  - `{c}`" for c in row["commands"]]
+    write_text(out / "report.md", "\n".join(lines) + "\n")
+    _plot(rows, keys[-1], out / "report.png")
+
+
+def _plot(rows: list[dict], key: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4))
+    means = [r["mean"][key] for r in rows]
+    stds = [r["std"][key] for r in rows]
+    ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["row"] for r in rows], rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(f"{key} mAP (%)")
+    ax.set_title(f"{key}: mean ± std over seeds")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,46 @@
+"""Sweeps: grid expansion, resumable runs, the report."""
+
+import json
+
+import pytest
+
+from wtal.cli import main
+from wtal.engine.sweep import parse_grid, read_variants
+from wtal.errors import WtalError
+
+
+def test_grid_is_the_cartesian_product():
+    rows = parse_grid(["model.lam=1,5", "model.ten=base,both"])
+    assert [r.overrides for r in rows] == [
+        ["model.lam=1", "model.ten=base"], ["model.lam=1", "model.ten=both"],
+        ["model.lam=5", "model.ten=base"], ["model.lam=5", "model.ten=both"],
+    ]
+    with pytest.raises(WtalError, match="expected key=v1,v2"):
+        parse_grid(["model.lam"])
+
+
+def test_variants_file(tmp_path):
+    path = tmp_path / "v.yaml"
+    path.write_text("B0: [model.bg_loss=false, model.ten=base]\nB4: []\n")
+    rows = read_variants(path)
+    assert [(r.name, r.overrides) for r in rows] == [("B0", ["model.bg_loss=false", "model.ten=base"]), ("B4", [])]
+    path.write_text("B0: model.bg_loss\n")
+    with pytest.raises(WtalError, match="v.yaml: B0: expected a list"):
+        read_variants(path)
+
+
+def test_sweep_runs_every_row_and_seed_and_resumes(tiny_overrides, tmp_path, capsys):
+    base = [o for o in tiny_overrides if not o.startswith(("train.iterations", "train.eval_every", "output_dir", "run_name"))]
+    out = tmp_path / "sweep"
+    args = ["sweep", "--quiet", "--grid", "model.lam=1,2", "--seeds", "0,1", "--out", str(out), *base,
+            "train.iterations=3", "train.eval_every=0"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [r["row"] for r in report["rows"]] == ["model.lam=1", "model.lam=2"]
+    assert all(r["std"]["avg(0.1:0.7)"] >= 0 for r in report["rows"])
+    assert "± " in (out / "report.md").read_text() and (out / "report.png").stat().st_size > 5000
+    assert "wtal train --quiet" in report["rows"][0]["commands"][0]
+    first = capsys.readouterr().out
+    assert first.count("[sweep]") == 4
+    assert main(args) == 0
+    assert "[sweep]" not in capsys.readouterr().out
