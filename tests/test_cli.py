@@ -89,8 +89,14 @@ def test_train_reports_nan_features(tiny_overrides, tiny_dataset, tmp_path, caps
 
 
 def test_bad_override_names_the_field(capsys):
-    assert main(["train", "train.iterations=many"]) == 2
+    assert main(["train", "train.iterations=many", "--quiet"]) == 2
     assert "train.iterations: expected an integer" in capsys.readouterr().err
+
+
+def test_stray_arguments_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--quiet", "notanoverride"])
+    assert "unrecognized arguments: notanoverride" in capsys.readouterr().err
 
 
 def test_synth_refuses_to_overwrite(tmp_path, capsys):

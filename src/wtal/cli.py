@@ -55,7 +55,9 @@ def _cmd_train(args) -> int:
     from wtal.engine.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, overwrite=args.overwrite, progress=not args.quiet)
+    if args.resume and args.overwrite:
+        raise WtalError("wtal train: --resume continues a run directory and --overwrite replaces it; give one")
+    result = train(cfg, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume)
     _print_result(result.metrics, cfg.eval.thresholds)
     print(f"run directory: {result.run_dir}")
     return 0
@@ -229,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write a run directory")
     p.add_argument("--config", help="YAML config (defaults: THUMOS14 protocol, the paper's model)")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty run directory")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue output_dir/run_name from its last.pt (same config; only train.iterations may change)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_overrides(p)
     p.set_defaults(func=_cmd_train)
@@ -278,7 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE overrides may stand anywhere, also after options: collect the ones
+    # argparse left over into the command's positional list.
+    args, extra = parser.parse_known_args(argv)
+    field = "overrides" if hasattr(args, "overrides") else "knobs" if hasattr(args, "knobs") else None
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or field is None]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        setattr(args, field, [*getattr(args, field), *extra])
     try:
         return args.func(args)
     except WtalError as exc:
