@@ -95,8 +95,10 @@ def test_bad_override_names_the_field(capsys):
 
 def test_stray_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
-        main(["train", "--quiet", "notanoverride"])
-    assert "unrecognized arguments: notanoverride" in capsys.readouterr().err
+        main(["train", "train.iterations=2", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert main(["train", "--quiet", "notanoverride"]) == 2
+    assert "expected key=value" in capsys.readouterr().err
 
 
 def test_synth_refuses_to_overwrite(tmp_path, capsys):
