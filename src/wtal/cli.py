@@ -281,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_overrides(p)
     p.set_defaults(func=_cmd_demo)
+
+    from wtal.features.commands import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
