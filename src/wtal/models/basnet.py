@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wtal.errors import WtalError
 from wtal.losses import masked_mean, topk_mean, video_cross_entropy
 from wtal.models.base import WtalModel
 from wtal.models.registry import ModelConfig, register_model
@@ -48,17 +47,12 @@ class BaSNetConfig(ModelConfig):
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
-        def fail(key: str, expected: str) -> None:
-            raise WtalError(f"{source}: model.{key}: expected {expected}, found {getattr(self, key)!r}")
-
-        for key in ("embed_dim", "attention_dim", "topk_r"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(key, "an integer >= 1")
-        if not 0 <= self.dropout < 1:
-            fail("dropout", "a probability in [0, 1)")
-        if not self.alpha >= 0:
-            fail("alpha", "a number >= 0")
+        self.check(
+            source,
+            counts=("embed_dim", "attention_dim", "topk_r"),
+            probabilities=("dropout",),
+            non_negative=("alpha",),
+        )
 
 
 def _act(x: Tensor) -> Tensor:

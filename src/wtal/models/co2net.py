@@ -55,21 +55,13 @@ class CO2NetConfig(ModelConfig):
     mutual_weight: float = 1.0  # weight of the mutual learning loss between a_rgb and a_flow (alpha4) [CO2-Net]
 
     def validate(self, source: str = "config") -> None:
-        """Raise :class:`WtalError` naming ``model.<field>`` for a bad value."""
-
-        def fail(key: str, expected: str) -> None:
-            raise WtalError(f"{source}: model.{key}: expected {expected}, found {getattr(self, key)!r}")
-
-        for key in ("embed_dim", "attention_dim", "topk_r"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(key, "an integer >= 1")
-        for key in ("dropout", "consensus_dropout"):
-            if not 0 <= getattr(self, key) < 1:
-                fail(key, "a probability in [0, 1)")
-        for key in ("norm_weight", "guide_weight", "mutual_weight"):
-            if not getattr(self, key) >= 0:
-                fail(key, "a number >= 0")
+        """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
+        self.check(
+            source,
+            counts=("embed_dim", "attention_dim", "topk_r"),
+            probabilities=("dropout", "consensus_dropout"),
+            non_negative=("norm_weight", "guide_weight", "mutual_weight"),
+        )
 
 
 def _act(x: Tensor) -> Tensor:

@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wtal.errors import WtalError
 from wtal.losses import topk_mean, video_cross_entropy
 from wtal.models.base import WtalModel
 from wtal.models.registry import ModelConfig, register_model
@@ -48,19 +47,14 @@ class MILConfig(ModelConfig):
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
-        def fail(key: str, expected: str) -> None:
-            raise WtalError(f"{source}: model.{key}: expected {expected}, found {getattr(self, key)!r}")
-
-        for key in ("embed_dim", "kernel_size", "topk_r"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(key, "an integer >= 1")
+        self.check(
+            source,
+            counts=("embed_dim", "kernel_size", "topk_r"),
+            probabilities=("dropout",),
+            choices={"cas_activation": ("sigmoid", "softmax")},
+        )
         if self.kernel_size % 2 == 0:
-            fail("kernel_size", "an odd integer (the output keeps the input length)")
-        if not 0 <= self.dropout < 1:
-            fail("dropout", "a probability in [0, 1)")
-        if self.cas_activation not in ("sigmoid", "softmax"):
-            fail("cas_activation", "one of ['sigmoid', 'softmax']")
+            self.fail(source, "kernel_size", "an odd integer (the output keeps the input length)")
 
 
 @register_model("mil", MILConfig)

@@ -11,7 +11,7 @@ that method's dataclass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 from torch import nn
 
@@ -23,6 +23,43 @@ class ModelConfig:
     """Base of every model's config; ``name`` selects the registered model."""
 
     name: str = ""
+
+    def fail(self, source: str, key: str, expected: str) -> None:
+        """Raise :class:`WtalError` naming ``model.<key>``, what was expected and what was found."""
+        raise WtalError(f"{source}: model.{key}: expected {expected}, found {getattr(self, key)!r}")
+
+    def check(
+        self,
+        source: str,
+        *,
+        counts: Iterable[str] = (),
+        probabilities: Iterable[str] = (),
+        positive: Iterable[str] = (),
+        non_negative: Iterable[str] = (),
+        flags: Iterable[str] = (),
+        choices: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
+        """Check fields by kind: counts (integers >= 1), probabilities in [0, 1), numbers
+        > 0 or >= 0, booleans, and fields restricted to ``choices``."""
+        for key, allowed in (choices or {}).items():
+            if getattr(self, key) not in tuple(allowed):
+                self.fail(source, key, f"one of {list(allowed)}")
+        for key in counts:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                self.fail(source, key, "an integer >= 1")
+        for key in positive:
+            if not getattr(self, key) > 0:
+                self.fail(source, key, "a number > 0")
+        for key in non_negative:
+            if not getattr(self, key) >= 0:
+                self.fail(source, key, "a number >= 0")
+        for key in probabilities:
+            if not 0 <= getattr(self, key) < 1:
+                self.fail(source, key, "a probability in [0, 1)")
+        for key in flags:
+            if not isinstance(getattr(self, key), bool):
+                self.fail(source, key, "true or false")
 
 
 _MODELS: dict[str, tuple[type[nn.Module], type[ModelConfig]]] = {}

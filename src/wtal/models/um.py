@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wtal.errors import WtalError
 from wtal.losses import topk_mean, video_cross_entropy
 from wtal.models.base import WtalModel
 from wtal.models.registry import ModelConfig, register_model
@@ -53,23 +52,14 @@ class UMConfig(ModelConfig):
     beta: float = 1.0  # weight of the background entropy loss [UM code; 1]
 
     def validate(self, source: str = "config") -> None:
-        """Raise :class:`WtalError` naming ``model.<field>`` for a bad value."""
-
-        def fail(key: str, expected: str) -> None:
-            raise WtalError(f"{source}: model.{key}: expected {expected}, found {getattr(self, key)!r}")
-
-        for key in ("embed_dim", "r_act", "r_bkg"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(key, "an integer >= 1")
-        for key in ("dropout", "select_dropout"):
-            if not 0 <= getattr(self, key) < 1:
-                fail(key, "a probability in [0, 1)")
-        if not self.margin > 0:
-            fail("margin", "a number > 0")
-        for key in ("alpha", "beta"):
-            if not getattr(self, key) >= 0:
-                fail(key, "a number >= 0")
+        """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
+        self.check(
+            source,
+            counts=("embed_dim", "r_act", "r_bkg"),
+            probabilities=("dropout", "select_dropout"),
+            positive=("margin",),
+            non_negative=("alpha", "beta"),
+        )
 
 
 def select_topk(score: Tensor, mask: Tensor, r: int) -> Tensor:

@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wtal.errors import WtalError
 from wtal.losses import masked_mean, masked_min, scale_grad, topk_mean, video_cross_entropy
 from wtal.models.base import WtalModel
 from wtal.models.registry import ModelConfig, register_model
@@ -80,29 +79,17 @@ class WholeVideoBgConfig(ModelConfig):
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
-        def fail(key: str, expected: str) -> None:
-            raise WtalError(f"{source}: model.{key}: expected {expected}, found {getattr(self, key)!r}")
-
-        for key, choices in _CHOICES.items():
-            if getattr(self, key) not in choices:
-                fail(key, f"one of {list(choices)}")
-        for key in ("embed_dim", "attention_dim", "window", "topk_r"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(key, "an integer >= 1")
-        for key in ("tau", "lam"):
-            if not getattr(self, key) > 0:
-                fail(key, "a number > 0")
-        for key in ("alpha", "beta"):
-            if not getattr(self, key) >= 0:
-                fail(key, "a number >= 0")
-        for key in ("dropout", "attention_dropout"):
-            if not 0 <= getattr(self, key) < 1:
-                fail(key, "a probability in [0, 1)")
-        if not isinstance(self.bg_loss, bool):
-            fail("bg_loss", "true or false")
+        self.check(
+            source,
+            choices=_CHOICES,
+            counts=("embed_dim", "attention_dim", "window", "topk_r"),
+            positive=("tau", "lam"),
+            non_negative=("alpha", "beta"),
+            probabilities=("dropout", "attention_dropout"),
+            flags=("bg_loss",),
+        )
         if not 0 <= self.bg_warmup <= 1:
-            fail("bg_warmup", "a fraction in [0, 1]")
+            self.fail(source, "bg_warmup", "a fraction in [0, 1]")
 
 
 def _act(x: Tensor) -> Tensor:
