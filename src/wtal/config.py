@@ -54,6 +54,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     select: str = "best_test"  # checkpoint for final detections: best_test (field practice) | last
     log_every: int = 20  # steps between training-loss lines in metrics.jsonl
+    checkpoint_every: int = 100  # steps between last.pt checkpoints besides evaluations (0: evaluations only)
 
 
 @dataclass

@@ -92,7 +92,7 @@ class Detections:
                 for key in ("label", "score", "segment"):
                     if key not in entry:
                         raise WtalError(f"{where}: missing field '{key}'")
-                if entry["label"] not in index:
+                if not isinstance(entry["label"], str) or entry["label"] not in index:
                     raise WtalError(
                         f"{where}.label: unknown label {entry['label']!r}; expected one of the "
                         f"{len(classes)} dataset classes"
@@ -102,7 +102,7 @@ class Detections:
                     raise WtalError(f"{where}.segment: expected [start, end], found {seg!r}")
                 try:
                     s, e, p = float(seg[0]), float(seg[1]), float(entry["score"])
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):
                     raise WtalError(f"{where}: segment and score must be numbers") from None
                 if not np.isfinite(p):
                     raise WtalError(f"{where}.score: expected a finite number, found {entry['score']!r}")

@@ -126,12 +126,16 @@ class Annotations:
                 labels=tuple(labels),
             )
             if "ambiguous" in entry:
+                if not isinstance(entry["ambiguous"], list):
+                    raise WtalError(f"{where}.ambiguous: expected a list of [start, end]")
                 ambiguous[name] = np.asarray(
                     [_segment(s, f"{where}.ambiguous") for s in entry["ambiguous"]], dtype=np.float64
                 ).reshape(-1, 2)
         found = sorted({label for v in videos.values() for label in v.labels})
         if classes is None:
             classes = obj.get("classes") or found
+            if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+                raise WtalError(f"{source}: classes: expected a list of class names, found {classes!r}")
         classes = tuple(classes)
         known = set(classes)
         for video in videos.values():
@@ -147,7 +151,7 @@ class Annotations:
 def _number(value: Any, field_name: str) -> float:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise WtalError(f"{field_name}: expected a number, found {value!r}") from None
     return number
 

@@ -54,7 +54,12 @@ def read_wtalc_annotations(folder: str | Path) -> Annotations:
         key: load_npy(folder / f"{key}.npy")
         for key in ("videoname", "subset", "classlist", "duration", "labels", "segments")
     }
+    for key, array in arrays.items():
+        if array.ndim == 0:
+            raise WtalError(f"{folder / (key + '.npy')}: expected one entry per video, found a 0-d array")
     count = len(arrays["videoname"])
+    if count == 0:
+        raise WtalError(f"{folder / 'videoname.npy'}: no videos")
     for key in ("subset", "duration", "labels", "segments"):
         if len(arrays[key]) != count:
             raise WtalError(
@@ -62,12 +67,31 @@ def read_wtalc_annotations(folder: str | Path) -> Annotations:
                 f"(one per video in videoname.npy)"
             )
     classes = tuple(_text(c) for c in arrays["classlist"])
-    durations = np.asarray(arrays["duration"], dtype=np.float64).reshape(count, -1)[:, 0]
+    try:
+        durations = np.asarray(arrays["duration"], dtype=np.float64).reshape(count, -1)[:, 0]
+    except (TypeError, ValueError, IndexError):
+        raise WtalError(f"{folder / 'duration.npy'}: expected one number (seconds) per video") from None
     videos: dict[str, Video] = {}
     for i in range(count):
         name = _text(arrays["videoname"][i])
-        labels = tuple(_text(label) for label in arrays["labels"][i])
-        segments = np.asarray(arrays["segments"][i], dtype=np.float64).reshape(-1, 2)
+        try:
+            labels = tuple(_text(label) for label in arrays["labels"][i])
+        except TypeError:
+            raise WtalError(
+                f"{folder / 'labels.npy'}: video {name!r}: expected a list of class names, found {arrays['labels'][i]!r}"
+            ) from None
+        try:
+            segments = np.asarray(arrays["segments"][i], dtype=np.float64).reshape(-1, 2)
+        except (TypeError, ValueError):
+            raise WtalError(
+                f"{folder / 'segments.npy'}: video {name!r}: expected a list of [start, end] seconds, "
+                f"found {arrays['segments'][i]!r}"
+            ) from None
+        if not np.isfinite(segments).all() or (segments[:, 1] < segments[:, 0]).any():
+            raise WtalError(
+                f"{folder / 'segments.npy'}: video {name!r}: expected finite [start, end] seconds with "
+                f"start <= end, found {segments.tolist()}"
+            )
         if len(segments) != len(labels):
             raise WtalError(
                 f"{folder}: video {name!r}: {len(segments)} segments but {len(labels)} labels "

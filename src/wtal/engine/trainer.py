@@ -4,13 +4,23 @@ A run directory holds everything a run produced:
 
     config.yaml        the resolved config (loads back with ``wtal train --config``)
     metrics.jsonl      one JSON line per logged training step and per evaluation
-    last.pt, best.pt   checkpoints (model, optimizer, sampler state, step)
+    last.pt, best.pt   checkpoints (model, optimizer, sampler and RNG states, step, best
+                       metric, metrics.jsonl length); they load with ``weights_only=True``
     detections.json    final detections on the test subset (ActivityNet results JSON)
     metrics.json       final detection mAP table and classification mAP
 
 Every file is written atomically. Papers in this field report the checkpoint
 with the best test mAP; ``train.select`` says which one the final files use
 and ``metrics.json`` records it.
+
+Resume (``train(cfg, resume=True)``, ``wtal train --resume``): ``last.pt`` is
+written at every evaluation and every ``train.checkpoint_every`` steps, after
+everything that step does (log lines, evaluation, best.pt), so a process killed
+at any moment (SIGKILL included) continues from the last checkpoint: the model,
+optimizer, sampler and the python/numpy/torch RNG states are restored and
+metrics.jsonl is cut back to its length at that step. On CPU the resumed run
+ends with exactly the metrics of an uninterrupted one. Only ``train.iterations``
+may differ from the checkpoint's config.
 """
 
 from __future__ import annotations
@@ -63,7 +73,19 @@ def make_run_dir(cfg: Config, overwrite: bool) -> Path:
     return run_dir
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, best: float, batches: TrainBatches, cfg: Config) -> None:
+def save_checkpoint(
+    path: Path,
+    model,
+    optimizer,
+    step: int,
+    best: float,
+    batches: TrainBatches,
+    cfg: Config,
+    metrics_lines: int = 0,
+    elapsed: float = 0.0,
+) -> None:
+    """Write a checkpoint atomically; everything in it loads with ``weights_only=True``
+    (tensors, numbers, strings: sampler and python/numpy RNG states are JSON text)."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -71,9 +93,60 @@ def save_checkpoint(path: Path, model, optimizer, step: int, best: float, batche
         "best": best,
         "sampler": json.dumps(batches.state_dict(), default=_jsonable),
         "config": dump_config(cfg),
+        "metrics_lines": metrics_lines,
+        "elapsed": elapsed,
+        "rng_python": json.dumps(random.getstate()),
+        "rng_numpy": json.dumps(np.random.get_state(), default=_jsonable),
+        "rng_torch": torch.get_rng_state(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def _restore_rng(state: dict, source: Path) -> None:
+    try:
+        version, internal, gauss = json.loads(state["rng_python"])
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = json.loads(state["rng_numpy"])
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state["rng_torch"])
+        if "rng_cuda" in state and torch.cuda.is_available() and len(state["rng_cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise WtalError(f"{source}: rng states: not restorable ({type(exc).__name__}: {exc})") from None
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# Keys a resumed run may change; everything else must equal the checkpoint's config.
+RESUMABLE_CHANGES = {"train.iterations"}
+
+
+def _check_resume_config(cfg: Config, saved_text: str, source: Path) -> None:
+    import yaml
+
+    try:
+        saved = _flatten(yaml.safe_load(saved_text) or {})
+    except (yaml.YAMLError, AttributeError) as exc:
+        raise WtalError(f"{source}: config: not readable ({exc})") from None
+    current = _flatten(yaml.safe_load(dump_config(cfg)))
+    differ = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if differ:
+        details = ", ".join(f"{k}: checkpoint {saved.get(k, '<absent>')!r}, now {current.get(k, '<absent>')!r}" for k in differ)
+        raise WtalError(
+            f"{source}: cannot resume with a different config (only train.iterations may change); "
+            f"differing keys: {details}"
+        )
 
 
 def _jsonable(value):
@@ -115,20 +188,69 @@ def load_run(run_dir: str | Path, checkpoint: str = "selected", device: str = "c
 
 
 class MetricsLog:
-    """Append-only JSON lines; each line is flushed so a crash loses at most one line."""
+    """Append-only JSON lines; each line is flushed so a crash loses at most one line.
 
-    def __init__(self, path: Path):
+    ``keep`` (resume): keep the first ``keep`` lines of the existing file and drop
+    the rest (lines written after the checkpoint, possibly a partial one).
+    """
+
+    def __init__(self, path: Path, keep: int | None = None):
         self.path = path
-        self.path.write_text("")
+        if keep is None:
+            self.path.write_text("")
+            self.lines = 0
+            return
+        text = self.path.read_text() if self.path.is_file() else ""
+        complete = text.split("\n")[:-1]  # a final line without its newline is partial
+        if len(complete) < keep:
+            raise WtalError(
+                f"{self.path}: has {len(complete)} complete lines, the checkpoint expects at least {keep}; "
+                "the run directory was changed after the checkpoint (start again with --overwrite)"
+            )
+        write_text(self.path, "".join(line + "\n" for line in complete[:keep]))
+        self.lines = keep
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
+        self.lines += 1
 
 
-def train(cfg: Config, overwrite: bool = False, progress: bool = True) -> RunResult:
-    """Train ``cfg.model`` on ``cfg.data`` and write a run directory."""
+def _checkpoint_scores(path: Path, cfg: Config, dataset: FeatureDataset, test_videos, device) -> list[VideoScores]:
+    """Test-subset scores of the model stored in a checkpoint (a resumed run's best/last)."""
+    model = build_model(cfg.model, dataset.feature_dim, dataset.num_classes).to(device)
+    model.load_state_dict(load_checkpoint(path, map_location=device)["model"])
+    return predict(model, dataset, test_videos, device, cfg.inference.video_topk_divisor)
+
+
+def train(cfg: Config, overwrite: bool = False, progress: bool = True, resume: bool = False) -> RunResult:
+    """Train ``cfg.model`` on ``cfg.data`` and write a run directory.
+
+    ``resume``: continue ``output_dir/run_name`` from its ``last.pt`` (see the module docstring).
+    """
+    if cfg.train.checkpoint_every < 0:
+        raise WtalError(f"train.checkpoint_every: expected >= 0, found {cfg.train.checkpoint_every}")
+    if resume:
+        if not cfg.run_name:
+            raise WtalError("--resume: run_name: not set; name the run directory to continue (run_name=NAME)")
+        run_dir = Path(cfg.output_dir) / cfg.run_name
+        if not (run_dir / "last.pt").is_file():
+            raise WtalError(
+                f"{run_dir / 'last.pt'}: --resume: no checkpoint to continue from (the run saved none yet, "
+                "or output_dir/run_name name another run); start it again with --overwrite"
+            )
+        state = load_checkpoint(run_dir / "last.pt")
+        for key in ("model", "optimizer", "step", "best", "sampler", "config", "metrics_lines"):
+            if key not in state:
+                raise WtalError(f"{run_dir / 'last.pt'}: --resume: the checkpoint has no {key!r} (not resumable)")
+        _check_resume_config(cfg, state["config"], run_dir / "last.pt")
+        if state["step"] > cfg.train.iterations:
+            raise WtalError(
+                f"{run_dir / 'last.pt'}: --resume: the checkpoint is at step {state['step']}, past "
+                f"train.iterations={cfg.train.iterations}"
+            )
+
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -141,23 +263,47 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True) -> RunRes
     if not test_videos:
         raise WtalError(f"{dataset.source}: data.test_subset: no videos in subset {cfg.data.test_subset!r}")
 
-    run_dir = make_run_dir(cfg, overwrite)
-    write_text(run_dir / "config.yaml", dump_config(cfg))
-    log = MetricsLog(run_dir / "metrics.jsonl")
-
     model = build_model(cfg.model, dataset.feature_dim, dataset.num_classes).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     batches = TrainBatches(
         dataset, cfg.data.train_subset, cfg.train.batch_size, cfg.data.max_seqlen, cfg.data.sampling, cfg.train.seed
     )
+    first_step, best, elapsed = 1, -math.inf, 0.0
+    if resume:
+        source = run_dir / "last.pt"
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            batches.load_state_dict(json.loads(state["sampler"]))
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise WtalError(f"{source}: --resume: the checkpoint does not fit this model/data ({exc})") from None
+        _restore_rng(state, source)
+        first_step, best = int(state["step"]) + 1, float(state["best"])
+        elapsed = float(state.get("elapsed", 0.0))
+        log = MetricsLog(run_dir / "metrics.jsonl", keep=int(state["metrics_lines"]))
+        del state
+        for stale in run_dir.glob(".*.tmp"):  # atomic writes the killed process never finished
+            stale.unlink()
+    else:
+        run_dir = make_run_dir(cfg, overwrite)
+        log = MetricsLog(run_dir / "metrics.jsonl")
+    write_text(run_dir / "config.yaml", dump_config(cfg))
+
     eval_steps = set(range(cfg.train.eval_every, cfg.train.iterations + 1, cfg.train.eval_every or cfg.train.iterations + 1))
     eval_steps.add(cfg.train.iterations)
+    every = cfg.train.checkpoint_every
 
-    best = -math.inf
     best_scores: list[VideoScores] | None = None
     last_scores: list[VideoScores] | None = None
-    started = time.time()
-    bar = tqdm(range(1, cfg.train.iterations + 1), desc="train", disable=not progress, dynamic_ncols=True)
+    started = time.time() - elapsed
+    bar = tqdm(
+        range(first_step, cfg.train.iterations + 1),
+        desc="train",
+        disable=not progress,
+        dynamic_ncols=True,
+        initial=first_step - 1,
+        total=cfg.train.iterations,
+    )
     model.train()
     for step in bar:
         model.progress = (step - 1) / cfg.train.iterations
@@ -167,10 +313,17 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True) -> RunRes
         losses = model.loss(outputs, labels, mask)
         total = losses["total"]
         if not torch.isfinite(total):
+            last = run_dir / "last.pt"
+            kept = (
+                f"the last good checkpoint is {last} (step {load_checkpoint(last)['step']}; resume with --resume "
+                "after changing the config only in train.iterations, or start again with --overwrite)"
+                if last.is_file()
+                else "no checkpoint was saved yet"
+            )
             raise WtalError(
                 f"{run_dir}: training stopped at step {step}: the loss is {total.item()} "
-                f"(components: { {k: float(v) for k, v in losses.items()} }); the last good checkpoint is "
-                f"{run_dir / 'last.pt'}. Lower train.lr or check the features for extreme values."
+                f"(components: { {k: v.item() for k, v in losses.items()} }); {kept}. "
+                "Lower train.lr or check the features for extreme values."
             )
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -179,30 +332,39 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True) -> RunRes
             record = {"step": step, "split": "train", **{k: round(v.item(), 6) for k, v in losses.items()}}
             log.write(record)
             bar.set_postfix(loss=f"{record['total']:.4f}")
-        if step in eval_steps:
+        evaluated = step in eval_steps
+        if evaluated:
             scores = predict(model, dataset, test_videos, device, cfg.inference.video_topk_divisor)
             result, cls_map = score_detections(detect(scores, dataset, cfg), scores, dataset, cfg)
             summary = result.summary()
             log.write({"step": step, "split": "test", **summary, "cls_mAP": cls_map, "seconds": round(time.time() - started, 1)})
-            save_checkpoint(run_dir / "last.pt", model, optimizer, step, best, batches, cfg)
             last_scores = scores
             if summary[PRIMARY_METRIC] > best:
                 best = summary[PRIMARY_METRIC]
                 best_scores = scores
-                save_checkpoint(run_dir / "best.pt", model, optimizer, step, best, batches, cfg)
+                # best.pt before last.pt: a crash in between resumes from an older last.pt,
+                # which replays this step and rewrites the same best.pt.
+                save_checkpoint(run_dir / "best.pt", model, optimizer, step, best, batches, cfg, log.lines, time.time() - started)
             bar.set_postfix(loss=f"{total.item():.4f}", mAP=f"{summary[PRIMARY_METRIC]:.2f}")
+        if evaluated or (every and step % every == 0):
+            # After everything this step does: the RNG states, sampler and log length are the next step's start.
+            save_checkpoint(run_dir / "last.pt", model, optimizer, step, best, batches, cfg, log.lines, time.time() - started)
     bar.close()
     model.progress = 1.0
 
-    chosen = best_scores if cfg.train.select == "best_test" else last_scores
+    select_best = cfg.train.select == "best_test"
+    chosen_path = run_dir / ("best.pt" if select_best else "last.pt")
+    chosen = best_scores if select_best else last_scores
+    if chosen is None:  # resumed after the chosen checkpoint was written: score it again
+        chosen = _checkpoint_scores(chosen_path, cfg, dataset, test_videos, device)
     detections = detect(chosen, dataset, cfg)
     detections.save(run_dir / "detections.json")
     result, cls_map = score_detections(detections, chosen, dataset, cfg)
     metrics = {
         **result.to_json(),
         "cls_mAP": cls_map,
-        "checkpoint": "best test mAP (field practice)" if cfg.train.select == "best_test" else "last",
-        "step": int(load_checkpoint(run_dir / ("best.pt" if cfg.train.select == "best_test" else "last.pt"))["step"]),
+        "checkpoint": "best test mAP (field practice)" if select_best else "last",
+        "step": int(load_checkpoint(chosen_path)["step"]),
         "train_seconds": round(time.time() - started, 1),
         "device": str(device),
     }
