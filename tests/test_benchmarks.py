@@ -1,0 +1,62 @@
+"""Smoke runs of the benchmark scripts (``benchmarks/``): each finishes, writes its JSON
+and prints its summary last. Figures are not checked: timings depend on the machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    """Import ``benchmarks/<name>.py`` (its folder on sys.path, as when run as a script)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(name: str, argv: list[str], tmp_path: Path, capsys) -> dict:
+    out = tmp_path / f"{name}.json"
+    assert _load(name).main(["--smoke", "--json", str(out), *argv]) == 0
+    record = json.loads(out.read_text())
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"{name}: {record['summary']}"
+    for key in ("cpu_count", "torch_threads", "device", "torch", "numpy"):
+        assert key in record["machine"]
+    return record["results"]
+
+
+def test_bench_eval_agrees_with_the_reference_loop(tmp_path, capsys):
+    results = _run("bench_eval", [], tmp_path, capsys)
+    assert results["predictions"] == 2000 and results["num_gt"] == 3358
+    assert results["max_abs_ap_diff"] <= 1e-9
+
+
+def test_bench_localize(tmp_path, capsys):
+    results = _run("bench_localize", [], tmp_path, capsys)
+    assert set(results["variants"]) == {"default", "soft_nms", "proposal_both"}
+    assert all(v["detections"] > 0 for v in results["variants"].values())
+
+
+def test_bench_train(tiny_dataset, tmp_path, capsys):
+    results = _run("bench_train", ["--data", str(tiny_dataset), "--threads", "1"], tmp_path, capsys)
+    (run,) = results["runs"]
+    assert run["model"] == "whole_video_bg" and run["embed_dim"] == 32 and run["iterations"] == 3
+    assert 0 <= run["data_share"] <= 1 and run["peak_rss_mb"] > 0
+
+
+def test_bench_train_rejects_an_unknown_model(tiny_dataset, capsys):
+    assert _load("bench_train").main(["--smoke", "--data", str(tiny_dataset), "--model", "nope"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_bench_demo(tiny_dataset, tmp_path, capsys):
+    results = _run("bench_demo", ["--data", str(tiny_dataset)], tmp_path, capsys)
+    (run,) = results["runs"]
+    assert run["wall_s"] > 0 and run["generated"] is False
