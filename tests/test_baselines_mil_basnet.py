@@ -16,10 +16,12 @@ from wtal.models import build_model
 from wtal.models.basnet import BaSNet, BaSNetConfig
 from wtal.models.mil import MIL, MILConfig
 
+from model_checks import B, C, D, H, LENGTHS, T, assert_finite_scalar_losses, assert_padding_invariance, make_batch
+from model_checks import assert_gradients_reach_every_parameter, assert_scores_contract
+
 torch.set_num_threads(1)
 
-D, H, C, T = 32, 16, 4, 20
-LENGTHS = (20, 13, 7)
+PADDING = 100.0  # garbage on padding: it must never matter
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -34,15 +36,6 @@ def make_model(name: str, seed: int = 0, **kw):
     return build_model(make_cfg(name, **kw), in_dim=D, num_classes=C)
 
 
-def make_batch(seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    features = torch.randn(len(LENGTHS), T, D, generator=g)
-    mask = torch.arange(T)[None, :] < torch.tensor(LENGTHS)[:, None]
-    features[~mask] = 100.0  # garbage on padding: it must never matter
-    labels = torch.tensor([[1.0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]])
-    return features, mask, labels
-
-
 LOGIT_KEYS = {"mil": ("cas_logits",), "basnet": ("attention", "base_logits", "supp_logits")}
 MODELS = [("mil", {}), ("mil", {"kernel_size": 3, "cas_activation": "sigmoid"}), ("basnet", {})]
 MODEL_IDS = ["mil", "mil-k3-sigmoid", "basnet"]
@@ -51,46 +44,26 @@ MODEL_IDS = ["mil", "mil-k3-sigmoid", "basnet"]
 @pytest.mark.parametrize("name, kw", MODELS, ids=MODEL_IDS)
 def test_shapes_loss_and_gradients(name, kw):
     model = make_model(name, **kw)
-    features, mask, labels = make_batch()
+    features, mask, labels = make_batch(padding_value=PADDING)
     out = model(features, mask)
-    B = len(LENGTHS)
     width = C if name == "mil" else C + 1
     for key in LOGIT_KEYS[name]:
         assert out[key].shape == ((B, T) if key == "attention" else (B, T, width)), key
     losses = model.loss(out, labels, mask)
     expected = {"total", "mil"} if name == "mil" else {"total", "base", "supp", "norm"}
     assert set(losses) == expected
-    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    assert_finite_scalar_losses(losses)
     losses["total"].backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, pname
-        assert torch.isfinite(p.grad).all(), pname
-        assert p.grad.abs().sum() > 0, pname
-    scores = model.scores(out, mask)
-    assert scores["attention"].shape == (B, T)
-    assert scores["cas"].shape == (B, T, C)
-    assert scores["video_scores"].shape == (B, C)
-    for value in scores.values():
-        assert torch.isfinite(value).all() and ((value >= 0) & (value <= 1)).all()
-    assert (scores["attention"][~mask] == 0).all() and (scores["cas"][~mask] == 0).all()
+    assert_gradients_reach_every_parameter(model)
+    assert_scores_contract(model.scores(out, mask), mask, C)
 
 
 @pytest.mark.parametrize("name, kw", MODELS, ids=MODEL_IDS)
 def test_padding_invariance(name, kw):
     model = make_model(name, **kw).eval()
-    features, mask, labels = make_batch()
+    features, mask, labels = make_batch(padding_value=PADDING)
+    batched, _ = assert_padding_invariance(model, features, mask, LOGIT_KEYS[name], atol=1e-6)
     with torch.no_grad():
-        batched = model(features, mask)
-        batched_scores = model.scores(batched, mask)
-        for i, length in enumerate(LENGTHS):
-            one_mask = mask[i : i + 1, :length]
-            alone = model(features[i : i + 1, :length], one_mask)
-            alone_scores = model.scores(alone, one_mask)
-            for key in LOGIT_KEYS[name]:
-                torch.testing.assert_close(batched[key][i, :length], alone[key][0], rtol=1e-5, atol=1e-6)
-            for key in ("attention", "cas"):
-                torch.testing.assert_close(batched_scores[key][i, :length], alone_scores[key][0])
-            torch.testing.assert_close(batched_scores["video_scores"][i], alone_scores["video_scores"][0])
         # the batch loss is the mean of each video's loss computed alone
         per_video = [
             model.loss(model(features[i : i + 1, :n], mask[i : i + 1, :n]), labels[i : i + 1], mask[i : i + 1, :n])
@@ -149,7 +122,7 @@ def test_basnet_asymmetric_targets_by_hand():
 
 def test_basnet_suppression_branch_shares_the_classifier():
     model = make_model("basnet").eval()
-    features, mask, _ = make_batch()
+    features, mask, _ = make_batch(padding_value=PADDING)
     with torch.no_grad():
         out = model(features, mask)
         m = mask[:, None, :].float()
@@ -166,7 +139,7 @@ def test_basnet_suppression_branch_shares_the_classifier():
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
 def test_mil_scores_are_normalised_cas_and_max_over_classes(activation):
     model = make_model("mil", cas_activation=activation).eval()
-    features, mask, _ = make_batch()
+    features, mask, _ = make_batch(padding_value=PADDING)
     with torch.no_grad():
         out = model(features, mask)
         scores = model.scores(out, mask)

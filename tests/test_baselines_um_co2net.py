@@ -14,11 +14,12 @@ from wtal.models import build_model
 from wtal.models.co2net import CO2Net, CO2NetConfig, mutual_loss
 from wtal.models.um import UMConfig, UncertaintyModeling, magnitude_loss, select_topk
 
+from model_checks import B, C, D, H, LENGTHS, T, assert_finite_scalar_losses, assert_padding_invariance, make_batch
+from model_checks import assert_gradients_reach_every_parameter, assert_scores_contract
+
 torch.set_num_threads(1)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-D, H, C, T = 32, 16, 4, 20
-LENGTHS = (20, 13, 7)
 MODELS = ("um", "co2net")
 
 
@@ -33,15 +34,6 @@ def make_model(name: str, seed: int = 0, **kw):
     return build_model(make_cfg(name, **kw), in_dim=D, num_classes=C)
 
 
-def make_batch(seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    features = torch.randn(len(LENGTHS), T, D, generator=g)
-    mask = torch.arange(T)[None, :] < torch.tensor(LENGTHS)[:, None]
-    features[~mask] = 0
-    labels = torch.tensor([[1.0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]])
-    return features, mask, labels
-
-
 # ---------------------------------------------------------------- both models
 
 
@@ -50,53 +42,33 @@ def test_shapes_loss_and_gradients(name):
     model = make_model(name)
     features, mask, labels = make_batch()
     out = model(features, mask)
-    B = len(LENGTHS)
     channels = C if name == "um" else C + 1
     assert out["cas_logits"].shape == (B, T, channels)
     losses = model.loss(out, labels, mask)
     expected = {"total", "cls", "um", "be"} if name == "um" else {"total", "orig", "supp", "mutual", "norm", "guide"}
     assert set(losses) == expected
-    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    assert_finite_scalar_losses(losses)
     losses["total"].backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, pname
-        assert torch.isfinite(p.grad).all(), pname
-        assert p.grad.abs().sum() > 0, pname
+    assert_gradients_reach_every_parameter(model)
     scores = model.scores(out, mask)
-    assert scores["attention"].shape == (B, T)
-    assert scores["cas"].shape == (B, T, C)
-    assert scores["video_scores"].shape == (B, C)
-    for value in scores.values():
-        assert torch.isfinite(value).all() and ((value >= 0) & (value <= 1)).all()
-    assert (scores["attention"][~mask] == 0).all() and (scores["cas"][~mask] == 0).all()
+    assert_scores_contract(scores, mask, C)
     torch.testing.assert_close(scores["video_scores"].sum(-1), torch.ones(B))
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_padding_invariance(name):
     model = make_model(name).eval()
-    features, mask, labels = make_batch()
-    garbage = features.clone()
-    garbage[~mask] = 1e3  # padded values must not reach a real snippet
+    # padded values must not reach a real snippet; the videos run alone never see the padding
+    garbage, mask, labels = make_batch(padding_value=1e3)
     keys = ("attention", "cas_logits") + (("magnitude",) if name == "um" else ("cas_fg_logits",))
+    batched, alones = assert_padding_invariance(model, garbage, mask, keys, atol=1e-5)
     with torch.no_grad():
-        batched = model(garbage, mask)
-        batched_scores = model.scores(batched, mask)
-        batched_losses = [
-            model.loss({k: v[i : i + 1] for k, v in batched.items()}, labels[i : i + 1], mask[i : i + 1])
-            for i in range(len(LENGTHS))
-        ]
-        for i, length in enumerate(LENGTHS):
-            alone = model(features[i : i + 1, :length], mask[i : i + 1, :length])
-            alone_scores = model.scores(alone, mask[i : i + 1, :length])
-            for key in keys:
-                torch.testing.assert_close(batched[key][i, :length], alone[key][0], rtol=1e-5, atol=1e-5)
-            for key in ("attention", "cas"):
-                torch.testing.assert_close(batched_scores[key][i, :length], alone_scores[key][0])
-            torch.testing.assert_close(batched_scores["video_scores"][i], alone_scores["video_scores"][0])
+        for i, (length, alone) in enumerate(zip(LENGTHS, alones)):
+            one_video = {k: v[i : i + 1] for k, v in batched.items()}
+            batched_losses = model.loss(one_video, labels[i : i + 1], mask[i : i + 1])
             alone_losses = model.loss(alone, labels[i : i + 1], mask[i : i + 1, :length])
             for key, value in alone_losses.items():
-                torch.testing.assert_close(batched_losses[i][key], value, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(batched_losses[key], value, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODELS)

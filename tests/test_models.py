@@ -14,10 +14,10 @@ from wtal.losses import masked_mean, masked_min, scale_grad, topk_mean, video_cr
 from wtal.models import build_model
 from wtal.models.whole_video_bg import WholeVideoBackground, WholeVideoBgConfig
 
-torch.set_num_threads(1)
+from model_checks import B, C, D, H, LENGTHS, T, assert_finite_scalar_losses, assert_padding_invariance, make_batch
+from model_checks import assert_gradients_reach_every_parameter, assert_scores_contract
 
-D, H, C, T = 32, 16, 4, 20
-LENGTHS = (20, 13, 7)
+torch.set_num_threads(1)
 
 
 def make_cfg(**kw) -> WholeVideoBgConfig:
@@ -27,15 +27,6 @@ def make_cfg(**kw) -> WholeVideoBgConfig:
 def make_model(seed: int = 0, **kw) -> WholeVideoBackground:
     torch.manual_seed(seed)
     return build_model(make_cfg(**kw), in_dim=D, num_classes=C)
-
-
-def make_batch(seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    features = torch.randn(len(LENGTHS), T, D, generator=g)
-    mask = torch.arange(T)[None, :] < torch.tensor(LENGTHS)[:, None]
-    features[~mask] = 0
-    labels = torch.tensor([[1.0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]])
-    return features, mask, labels
 
 
 COMBINATIONS = [
@@ -88,24 +79,14 @@ def test_shapes_loss_and_gradients(kw):
     model = make_model(**kw)
     features, mask, labels = make_batch()
     out = model(features, mask)
-    B = len(LENGTHS)
     assert out["attention"].shape == (B, T)
     assert out["cas_logits"].shape == out["cas_fg_logits"].shape == (B, T, C + 1)
     losses = model.loss(out, labels, mask)
     assert set(losses) >= {"total", "fg", "bg", "norm"}
-    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    assert_finite_scalar_losses(losses)
     losses["total"].backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, name
-        assert torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
-    scores = model.scores(out, mask)
-    assert scores["attention"].shape == (B, T)
-    assert scores["cas"].shape == (B, T, C)
-    assert scores["video_scores"].shape == (B, C)
-    for value in scores.values():
-        assert ((value >= 0) & (value <= 1)).all()
-    assert (scores["attention"][~mask] == 0).all() and (scores["cas"][~mask] == 0).all()
+    assert_gradients_reach_every_parameter(model)
+    assert_scores_contract(model.scores(out, mask), mask, C)
 
 
 @pytest.mark.parametrize("continuity", ["local_affinity", "dilated", "nonlocal"])
@@ -114,17 +95,7 @@ def test_shapes_loss_and_gradients(kw):
 def test_padding_invariance(continuity, fusion, suppress_min):
     model = make_model(continuity=continuity, fusion=fusion, suppress_min=suppress_min).eval()
     features, mask, _ = make_batch()
-    with torch.no_grad():
-        batched = model(features, mask)
-        batched_scores = model.scores(batched, mask)
-        for i, length in enumerate(LENGTHS):
-            alone = model(features[i : i + 1, :length], mask[i : i + 1, :length])
-            alone_scores = model.scores(alone, mask[i : i + 1, :length])
-            for key in ("attention", "cas_logits", "cas_fg_logits"):
-                torch.testing.assert_close(batched[key][i, :length], alone[key][0], rtol=1e-5, atol=1e-6)
-            for key in ("attention", "cas"):
-                torch.testing.assert_close(batched_scores[key][i, :length], alone_scores[key][0])
-            torch.testing.assert_close(batched_scores["video_scores"][i], alone_scores["video_scores"][0])
+    assert_padding_invariance(model, features, mask, ("attention", "cas_logits", "cas_fg_logits"), atol=1e-6)
 
 
 def _bg_grad(model, features, mask, labels):

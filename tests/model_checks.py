@@ -1,0 +1,70 @@
+"""Shared tiny batch and contract checks for the model tests (a helper module, not a test file).
+
+The test files import it as ``from model_checks import ...``: pytest's default import mode puts
+``tests/`` (which has no ``__init__.py``) on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+D, H, C, T = 32, 16, 4, 20
+LENGTHS = (20, 13, 7)
+B = len(LENGTHS)
+
+
+def make_batch(seed: int = 1, padding_value: float = 0.0):
+    """Features [B, T, D] (``padding_value`` on padding), mask [B, T] and multi-hot labels [B, C]."""
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(B, T, D, generator=g)
+    mask = torch.arange(T)[None, :] < torch.tensor(LENGTHS)[:, None]
+    features[~mask] = padding_value
+    labels = torch.tensor([[1.0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]])
+    return features, mask, labels
+
+
+def assert_finite_scalar_losses(losses) -> None:
+    """Every loss component is a finite 0-d tensor."""
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+
+
+def assert_gradients_reach_every_parameter(model) -> None:
+    """After ``backward()``, every parameter has a finite, not-all-zero gradient."""
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def assert_scores_contract(scores, mask, num_classes: int = C) -> None:
+    """``model.scores``: attention [B, T], cas [B, T, C], video_scores [B, C], all in [0, 1], zero on padding."""
+    batch, length = mask.shape
+    assert scores["attention"].shape == (batch, length)
+    assert scores["cas"].shape == (batch, length, num_classes)
+    assert scores["video_scores"].shape == (batch, num_classes)
+    for value in scores.values():
+        assert torch.isfinite(value).all() and ((value >= 0) & (value <= 1)).all()
+    assert (scores["attention"][~mask] == 0).all() and (scores["cas"][~mask] == 0).all()
+
+
+def assert_padding_invariance(model, features, mask, keys, *, rtol: float = 1e-5, atol: float = 1e-6):
+    """Each video run in the padded batch gives the outputs (``keys``) and scores it gets run alone.
+
+    The alone runs see only ``features[i, :length]``, so whatever sits on the batch's padding must
+    not matter. Returns the batched outputs and the per-video outputs for further checks.
+    """
+    with torch.no_grad():
+        batched = model(features, mask)
+        batched_scores = model.scores(batched, mask)
+        alones = []
+        for i, length in enumerate(LENGTHS):
+            one_mask = mask[i : i + 1, :length]
+            alone = model(features[i : i + 1, :length], one_mask)
+            alone_scores = model.scores(alone, one_mask)
+            for key in keys:
+                torch.testing.assert_close(batched[key][i, :length], alone[key][0], rtol=rtol, atol=atol)
+            for key in ("attention", "cas"):
+                torch.testing.assert_close(batched_scores[key][i, :length], alone_scores[key][0])
+            torch.testing.assert_close(batched_scores["video_scores"][i], alone_scores["video_scores"][0])
+            alones.append(alone)
+    return batched, alones
