@@ -60,3 +60,10 @@ def test_bench_demo(tiny_dataset, tmp_path, capsys):
     results = _run("bench_demo", ["--data", str(tiny_dataset)], tmp_path, capsys)
     (run,) = results["runs"]
     assert run["wall_s"] > 0 and run["generated"] is False
+
+
+def test_bench_memory(tiny_dataset, tmp_path, capsys):
+    results = _run("bench_memory", ["--data", str(tiny_dataset)], tmp_path, capsys)
+    for cache in ("false", "true"):
+        record = results[f"cache_{cache}"]
+        assert record["videos"] == 48 and record["peak_rss_mb"] > 0
