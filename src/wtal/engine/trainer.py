@@ -21,6 +21,10 @@ optimizer, sampler and the python/numpy/torch RNG states are restored and
 metrics.jsonl is cut back to its length at that step. On CPU the resumed run
 ends with exactly the metrics of an uninterrupted one. Only ``train.iterations``
 may differ from the checkpoint's config.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) every rank trains its slice of each global
+batch in DistributedDataParallel and rank 0 alone evaluates and writes the run
+directory (see :mod:`wtal.engine.distributed`); all ranks resume from ``last.pt``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from tqdm import tqdm
 from wtal.config import Config, config_from_dict, dump_config
 from wtal.data.readers import FeatureDataset, load_dataset
 from wtal.data.sampling import TrainBatches
+from wtal.engine.distributed import DistContext, setup
 from wtal.engine.inference import VideoScores, detect, predict, resolve_device, score_detections
 from wtal.errors import WtalError
 from wtal.io import atomic_path, read_json, write_json, write_text
@@ -224,11 +229,36 @@ def _checkpoint_scores(path: Path, cfg: Config, dataset: FeatureDataset, test_vi
     return predict(model, dataset, test_videos, device, cfg.inference.video_topk_divisor)
 
 
+def _on_main(dist: DistContext, make):
+    """``make()`` on rank 0, its result (or its WtalError) on every rank."""
+    if not dist.enabled:
+        return make()
+    result, error = None, None
+    if dist.is_main:
+        try:
+            result = make()
+        except WtalError as exc:
+            error = str(exc)
+    result, error = dist.broadcast((result, error))
+    if error is not None:
+        raise WtalError(error)
+    return result
+
+
 def train(cfg: Config, overwrite: bool = False, progress: bool = True, resume: bool = False) -> RunResult:
     """Train ``cfg.model`` on ``cfg.data`` and write a run directory.
 
     ``resume``: continue ``output_dir/run_name`` from its ``last.pt`` (see the module docstring).
+    Under torchrun: one rank of a DistributedDataParallel run (see :mod:`wtal.engine.distributed`).
     """
+    dist, device = setup(resolve_device(cfg.train.device), cfg.train.batch_size)
+    try:
+        return _train(cfg, overwrite, progress, resume, dist, device)
+    finally:
+        dist.close()
+
+
+def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: DistContext, device) -> RunResult:
     if cfg.train.checkpoint_every < 0:
         raise WtalError(f"train.checkpoint_every: expected >= 0, found {cfg.train.checkpoint_every}")
     if resume:
@@ -254,7 +284,6 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True, resume: b
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
     dataset = load_dataset(cfg.data)
     train_videos = dataset.videos(cfg.data.train_subset)
     test_videos = dataset.videos(cfg.data.test_subset)
@@ -280,14 +309,18 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True, resume: b
         _restore_rng(state, source)
         first_step, best = int(state["step"]) + 1, float(state["best"])
         elapsed = float(state.get("elapsed", 0.0))
-        log = MetricsLog(run_dir / "metrics.jsonl", keep=int(state["metrics_lines"]))
+        keep = int(state["metrics_lines"])
         del state
-        for stale in run_dir.glob(".*.tmp"):  # atomic writes the killed process never finished
-            stale.unlink()
+        log = _on_main(dist, lambda: MetricsLog(run_dir / "metrics.jsonl", keep=keep))
+        if dist.is_main:
+            for stale in run_dir.glob(".*.tmp"):  # atomic writes the killed process never finished
+                stale.unlink()
     else:
-        run_dir = make_run_dir(cfg, overwrite)
-        log = MetricsLog(run_dir / "metrics.jsonl")
-    write_text(run_dir / "config.yaml", dump_config(cfg))
+        run_dir = _on_main(dist, lambda: make_run_dir(cfg, overwrite))
+        log = _on_main(dist, lambda: MetricsLog(run_dir / "metrics.jsonl"))
+    if dist.is_main:
+        write_text(run_dir / "config.yaml", dump_config(cfg))
+    net = dist.wrap(model, device)  # model itself for scores, checkpoints, progress
 
     eval_steps = set(range(cfg.train.eval_every, cfg.train.iterations + 1, cfg.train.eval_every or cfg.train.iterations + 1))
     eval_steps.add(cfg.train.iterations)
@@ -299,7 +332,7 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True, resume: b
     bar = tqdm(
         range(first_step, cfg.train.iterations + 1),
         desc="train",
-        disable=not progress,
+        disable=not progress or not dist.is_main,
         dynamic_ncols=True,
         initial=first_step - 1,
         total=cfg.train.iterations,
@@ -307,12 +340,15 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True, resume: b
     model.train()
     for step in bar:
         model.progress = (step - 1) / cfg.train.iterations
-        batch = next(batches)
+        batch = dist.shard(next(batches))  # this rank's slice of the global batch
         features, mask, labels = (batch[k].to(device) for k in ("features", "mask", "labels"))
-        outputs = model(features, mask)
+        outputs = net(features, mask)
         losses = model.loss(outputs, labels, mask)
         total = losses["total"]
-        if not torch.isfinite(total):
+        if dist.enabled:  # global-batch means: the same on every rank, logged and checked
+            reduced = dist.mean(torch.stack([v.detach().float() for v in losses.values()]))
+            losses = dict(zip(losses, reduced))
+        if not torch.isfinite(losses["total"]):
             last = run_dir / "last.pt"
             kept = (
                 f"the last good checkpoint is {last} (step {load_checkpoint(last)['step']}; resume with --resume "
@@ -321,19 +357,19 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True, resume: b
                 else "no checkpoint was saved yet"
             )
             raise WtalError(
-                f"{run_dir}: training stopped at step {step}: the loss is {total.item()} "
+                f"{run_dir}: training stopped at step {step}: the loss is {losses['total'].item()} "
                 f"(components: { {k: v.item() for k, v in losses.items()} }); {kept}. "
                 "Lower train.lr or check the features for extreme values."
             )
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        if step % cfg.train.log_every == 0 or step == 1:
+        if dist.is_main and (step % cfg.train.log_every == 0 or step == 1):
             record = {"step": step, "split": "train", **{k: round(v.item(), 6) for k, v in losses.items()}}
             log.write(record)
             bar.set_postfix(loss=f"{record['total']:.4f}")
         evaluated = step in eval_steps
-        if evaluated:
+        if evaluated and dist.is_main:
             scores = predict(model, dataset, test_videos, device, cfg.inference.video_topk_divisor)
             result, cls_map = score_detections(detect(scores, dataset, cfg), scores, dataset, cfg)
             summary = result.summary()
@@ -345,12 +381,17 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True, resume: b
                 # best.pt before last.pt: a crash in between resumes from an older last.pt,
                 # which replays this step and rewrites the same best.pt.
                 save_checkpoint(run_dir / "best.pt", model, optimizer, step, best, batches, cfg, log.lines, time.time() - started)
-            bar.set_postfix(loss=f"{total.item():.4f}", mAP=f"{summary[PRIMARY_METRIC]:.2f}")
+            bar.set_postfix(loss=f"{losses['total'].item():.4f}", mAP=f"{summary[PRIMARY_METRIC]:.2f}")
         if evaluated or (every and step % every == 0):
             # After everything this step does: the RNG states, sampler and log length are the next step's start.
-            save_checkpoint(run_dir / "last.pt", model, optimizer, step, best, batches, cfg, log.lines, time.time() - started)
+            if dist.is_main:
+                save_checkpoint(run_dir / "last.pt", model, optimizer, step, best, batches, cfg, log.lines, time.time() - started)
+            dist.barrier()  # the other ranks wait for rank 0's evaluation and checkpoints
     bar.close()
     model.progress = 1.0
+    if not dist.is_main:  # rank 0 writes the final files
+        dist.barrier()
+        return RunResult(run_dir=run_dir, metrics=read_metrics(run_dir), scores=[], dataset=dataset)
 
     select_best = cfg.train.select == "best_test"
     chosen_path = run_dir / ("best.pt" if select_best else "last.pt")
@@ -369,6 +410,7 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True, resume: b
         "device": str(device),
     }
     write_json(run_dir / "metrics.json", metrics)
+    dist.barrier()
     return RunResult(run_dir=run_dir, metrics=metrics, scores=chosen, dataset=dataset)
 
 
