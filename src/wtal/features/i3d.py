@@ -146,6 +146,7 @@ class InceptionI3d(nn.Module):
     def __init__(self, num_classes: int = 400, in_channels: int = 3):
         super().__init__()
         self.num_classes = num_classes
+        self.in_channels = in_channels  # 3: RGB; 2: optical flow (x, y)
         self.Conv3d_1a_7x7 = Unit3D(in_channels, 64, kernel=(7, 7, 7), stride=(2, 2, 2))
         self.MaxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
         self.Conv3d_2b_1x1 = Unit3D(64, 64)
@@ -162,9 +163,9 @@ class InceptionI3d(nn.Module):
         self.logits = Unit3D(channels, num_classes, activation=False, batch_norm=False, bias=True)
 
     def mixed_5c(self, x: torch.Tensor) -> torch.Tensor:
-        """Mixed_5c activations ``[B, 1024, T/8, H/32, W/32]`` for input ``[B, 3, T, H, W]``."""
-        if x.dim() != 5 or x.shape[1] != 3:
-            raise ValueError(f"I3D expects input [B, 3, T, H, W], got {tuple(x.shape)}")
+        """Mixed_5c activations ``[B, 1024, T/8, H/32, W/32]`` for input ``[B, C, T, H, W]`` (C = in_channels)."""
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"I3D expects input [B, {self.in_channels}, T, H, W], got {tuple(x.shape)}")
         x = self.Conv3d_1a_7x7(x)
         x = self.MaxPool3d_2a_3x3(x)
         x = self.Conv3d_2b_1x1(x)

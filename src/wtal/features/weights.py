@@ -142,3 +142,114 @@ def load_i3d(path: str | os.PathLike | None = None, device: str | torch.device =
             raise WtalError(f"{source}: {name}: expected shape {tuple(expected[name])}, found {tuple(tensor.shape)}")
     model.load_state_dict(state, strict=False)
     return model.to(device).eval()
+
+
+# ------------------------------------------------------------ pytorch-i3d checkpoints
+
+_PT_BRANCHES = {"b0": "branch0", "b1a": "branch1a", "b1b": "branch1b", "b2a": "branch2a", "b2b": "branch2b", "b3b": "branch3"}
+_PT_LEAVES = {
+    "conv3d.weight": "conv.weight",
+    "conv3d.bias": "conv.bias",
+    "bn.bias": "bn.bias",
+    "bn.running_mean": "bn.running_mean",
+    "bn.running_var": "bn.running_var",
+}
+
+
+def pytorch_i3d_name(key: str) -> str | None:
+    """Our state-dict name of a ``pytorch-i3d`` parameter (``Mixed_3b.b1a.conv3d.weight``), or None.
+
+    ``bn.weight`` (the BatchNorm scale, which our layers fold away) maps to ``bn.weight``.
+    """
+    parts = key.split(".")
+    leaf = ".".join(parts[-2:])
+    if leaf == "bn.weight":
+        ours = "bn.weight"
+    else:
+        ours = _PT_LEAVES.get(leaf)
+    if ours is None:
+        return None
+    layer, middle = parts[0], parts[1:-2]
+    if layer.startswith("Mixed_") and len(middle) == 1 and middle[0] in _PT_BRANCHES:
+        return f"{layer}.{_PT_BRANCHES[middle[0]]}.{ours}"
+    if not middle and (layer.startswith("Conv3d_") or layer == "logits"):
+        return f"{layer}.{ours}"
+    return None
+
+
+def load_pytorch_i3d(
+    path: str | os.PathLike, in_channels: int = 2, device: str | torch.device = "cpu"
+) -> InceptionI3d:
+    """An I3D from a ``pytorch-i3d`` checkpoint (e.g. ``flow_imagenet.pt``), in eval mode.
+
+    The file is a state dict read with ``torch.load(weights_only=True)`` (a leading
+    ``module.`` from ``DataParallel`` is accepted). Names map one to one
+    (``conv3d`` -> ``conv``; ``b0, b1a, b1b, b2a, b2b, b3b`` -> ``branch0 ... branch3``)
+    except the BatchNorm scale ``bn.weight``, which our Sonnet-style layers lack: it
+    is folded exactly into the preceding (bias-free) convolution and the running
+    mean (``gamma (W x - mean) = (gamma W) x - gamma mean``). ``num_batches_tracked``
+    is ignored; ``num_classes`` follows the checkpoint's logits (400 or 157).
+    Any unknown or missing parameter, or a shape that differs, is a WtalError.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise WtalError(f"{path}: I3D checkpoint not found")
+    try:
+        raw = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WtalError(f"{path}: cannot read the checkpoint as a PyTorch state dict ({exc})") from None
+    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise WtalError(f"{path}: expected a state dict (parameter name -> tensor) in the pytorch-i3d layout")
+    state: dict[str, torch.Tensor] = {}
+    scales: dict[str, torch.Tensor] = {}
+    for key, tensor in raw.items():
+        name = key[len("module."):] if key.startswith("module.") else key
+        if name.endswith("num_batches_tracked"):
+            continue
+        ours = pytorch_i3d_name(name)
+        if ours is None:
+            raise WtalError(f"{path}: {key}: unexpected parameter for the pytorch-i3d I3D network")
+        (scales if ours.endswith("bn.weight") else state)[ours] = tensor.detach().float()
+    logits = state.get("logits.conv.weight")
+    num_classes = int(logits.shape[0]) if logits is not None and logits.dim() == 5 else 400
+    model = InceptionI3d(num_classes=num_classes, in_channels=in_channels)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise WtalError(
+            f"{path}: missing I3D parameters (pytorch-i3d names): {', '.join(_pytorch_name(k) for k in missing[:5])}"
+            + (" ..." if len(missing) > 5 else "")
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != expected[name]:
+            hint = ""
+            if name == "Conv3d_1a_7x7.conv.weight" and tensor.dim() == 5:
+                hint = f" (a {tensor.shape[1]}-channel network; expected {in_channels} input channels)"
+            raise WtalError(
+                f"{path}: {_pytorch_name(name)}: expected shape {expected[name]}, found {tuple(tensor.shape)}{hint}"
+            )
+    for name, gamma in scales.items():
+        unit = name[: -len("bn.weight")]
+        if unit + "bn.running_mean" not in expected:
+            raise WtalError(f"{path}: {_pytorch_name(name)}: unexpected parameter for the pytorch-i3d I3D network")
+        channels = expected[unit + "bn.running_mean"][0]
+        if tuple(gamma.shape) != (channels,):
+            raise WtalError(f"{path}: {_pytorch_name(name)}: expected shape {(channels,)}, found {tuple(gamma.shape)}")
+        state[unit + "conv.weight"] = state[unit + "conv.weight"] * gamma.view(-1, 1, 1, 1, 1)
+        state[unit + "bn.running_mean"] = state[unit + "bn.running_mean"] * gamma
+    model.load_state_dict(state, strict=False)
+    return model.to(device).eval()
+
+
+def _pytorch_name(ours: str) -> str:
+    """Our state-dict name -> the pytorch-i3d one (for messages)."""
+    inverse = {v: k for k, v in _PT_BRANCHES.items()}
+    parts = ours.split(".")
+    if len(parts) == 4 and parts[1] in inverse:
+        parts[1] = inverse[parts[1]]
+    if parts[-2] == "conv":
+        parts[-2] = "conv3d"
+    return ".".join(parts)
