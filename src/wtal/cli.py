@@ -52,14 +52,16 @@ def _parse_knobs(knobs: dict) -> dict:
 
 def _cmd_train(args) -> int:
     from wtal.config import load_config
+    from wtal.engine.distributed import is_main_process
     from wtal.engine.trainer import train
 
     cfg = load_config(args.config, args.overrides)
     if args.resume and args.overwrite:
         raise WtalError("wtal train: --resume continues a run directory and --overwrite replaces it; give one")
     result = train(cfg, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume)
-    _print_result(result.metrics, cfg.eval.thresholds)
-    print(f"run directory: {result.run_dir}")
+    if is_main_process():  # under torchrun, rank 0 alone reports
+        _print_result(result.metrics, cfg.eval.thresholds)
+        print(f"run directory: {result.run_dir}")
     return 0
 
 
