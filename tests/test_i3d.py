@@ -250,11 +250,12 @@ def test_detect_requires_an_rgb_run(tmp_path):
         detect_video(tmp_path / "v.mp4", run, tmp_path / "out")
 
 
-def test_detect_with_an_rgb_run(tmp_path):
+def test_detect_end_to_end_on_a_real_video(short_clip, weights_path, tmp_path, capsys):
+    """`wtal detect`: the real clip -> real I3D features -> a trained RGB model -> detections + PNG."""
+    from wtal.cli import main
     from wtal.config import load_config
     from wtal.data.synthetic import generate
     from wtal.engine.trainer import train
-    from wtal.features.commands import detect_video
     from wtal.io import read_json
 
     data = generate("tiny", tmp_path / "data", seed=0, feature_dim=2048)  # rgb = 1024 columns, as I3D
@@ -263,11 +264,12 @@ def test_detect_with_an_rgb_run(tmp_path):
         "data.feature_dim=2048", "model.embed_dim=32", "data.max_seqlen=64", "train.batch_size=8",
         "train.iterations=10", "train.eval_every=10", "train.log_every=5",
     ]
-    cfg = load_config(None, overrides)
-    result = train(cfg, progress=False)
-    video = tmp_path / "clip.mp4"
-    video.write_bytes(b"")
-    summary = detect_video(video, result.run_dir, tmp_path / "detect", extractor=_StubExtractor())
-    assert summary["snippets"] == 5
-    assert "results" in read_json(tmp_path / "detect" / "detections.json")
-    assert (tmp_path / "detect" / "timeline.png").stat().st_size > 0
+    run = train(load_config(None, overrides), progress=False).run_dir
+    out = tmp_path / "detect"
+    assert main(["detect", str(short_clip), "--run", str(run), "--out", str(out), "--threads", "1",
+                 "--weights", str(weights_path)]) == 0
+    detections = read_json(out / "detections.json")["results"]
+    assert list(detections) == ["bunny30"]
+    for entry in detections["bunny30"]:
+        assert 0 <= entry["segment"][0] < entry["segment"][1] <= 2 * 0.64 + 1e-6
+    assert (out / "timeline.png").stat().st_size > 10_000
