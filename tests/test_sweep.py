@@ -44,3 +44,20 @@ def test_sweep_runs_every_row_and_seed_and_resumes(tiny_overrides, tmp_path, cap
     assert first.count("[sweep]") == 4
     assert main(args) == 0
     assert "[sweep]" not in capsys.readouterr().out
+
+
+def test_report_only_covers_the_finished_runs(tiny_overrides, tmp_path, capsys):
+    base = [o for o in tiny_overrides if not o.startswith(("train.iterations", "train.eval_every", "output_dir", "run_name"))]
+    out = tmp_path / "sweep"
+    run = ["sweep", "--quiet", "--grid", "model.lam=1", "--seeds", "0", "--out", str(out), *base,
+           "train.iterations=2", "train.eval_every=0"]
+    assert main(run) == 0
+    capsys.readouterr()
+    report = ["sweep", "--quiet", "--report-only", "--grid", "model.lam=1,2", "--seeds", "0,1", "--out", str(out), *base,
+              "train.iterations=2", "train.eval_every=0"]
+    assert main(report) == 0
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert [(r["row"], r["seeds"]) for r in rows] == [("model.lam=1", [0])]
+    assert "[sweep]" not in capsys.readouterr().out
+    assert main([*report[:3], "--grid", "model.lam=5", *report[5:]]) == 2
+    assert "no finished run to report" in capsys.readouterr().err

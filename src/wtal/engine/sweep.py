@@ -78,15 +78,25 @@ def run_command(config: str | None, base: list[str], row: Row, seed: int, run_di
 
 
 def run_sweep(
-    config: str | None, base: list[str], rows: list[Row], seeds: list[int], out: Path, progress: bool = False
+    config: str | None,
+    base: list[str],
+    rows: list[Row],
+    seeds: list[int],
+    out: Path,
+    progress: bool = False,
+    report_only: bool = False,
 ) -> dict:
-    """Train every (row, seed) not finished yet, then write the report; returns the report dict."""
+    """Train every (row, seed) not finished yet, then write the report; returns the report dict.
+
+    ``report_only`` trains nothing and reports the runs finished so far (a row lists
+    the seeds it has; rows without any finished run are left out).
+    """
     from wtal.engine.trainer import train
 
     if not rows or not seeds:
         raise WtalError("wtal sweep: nothing to run (give --grid or --variants, and --seeds)")
     out.mkdir(parents=True, exist_ok=True)
-    for row in rows:
+    for row in [] if report_only else rows:
         for seed in seeds:
             run_dir = run_dirs(out, row, seed)
             if (run_dir / "metrics.json").is_file():
@@ -105,7 +115,10 @@ def summarize(config: str | None, base: list[str], rows: list[Row], seeds: list[
     table = []
     checkpoint_rules = set()
     for row in rows:
-        runs = [read_json(run_dirs(out, row, seed) / "metrics.json") for seed in seeds]
+        finished = [s for s in seeds if (run_dirs(out, row, s) / "metrics.json").is_file()]
+        if not finished:
+            continue
+        runs = [read_json(run_dirs(out, row, seed) / "metrics.json") for seed in finished]
         checkpoint_rules.update(r.get("checkpoint", "?") for r in runs)
         metrics: dict[str, list[float]] = {}
         for run in runs:
@@ -114,11 +127,13 @@ def summarize(config: str | None, base: list[str], rows: list[Row], seeds: list[
         table.append({
             "row": row.name,
             "overrides": row.overrides,
-            "seeds": seeds,
+            "seeds": finished,
             "mean": {k: float(np.mean(v)) for k, v in metrics.items()},
             "std": {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in metrics.items()},
-            "commands": [shlex.join(run_command(config, base, row, s, run_dirs(out, row, s))) for s in seeds],
+            "commands": [shlex.join(run_command(config, base, row, s, run_dirs(out, row, s))) for s in finished],
         })
+    if not table:
+        raise WtalError(f"{out}: no finished run to report")
     return {"config": config, "base_overrides": base, "seeds": seeds, "checkpoint": sorted(checkpoint_rules), "rows": table}
 
 
@@ -144,13 +159,14 @@ def write_report(report: dict, out: Path) -> None:
         f"Config: `{report['config'] or 'defaults'}`; base overrides: `{' '.join(report['base_overrides']) or 'none'}`; "
         f"checkpoint: {', '.join(report['checkpoint'])}. Values are mAP (%) mean ± std over seeds.",
         "",
-        "| configuration | " + " | ".join(keys) + " | cls mAP |",
-        "|---|" + "---|" * (len(keys) + 1),
+        "| configuration | seeds | " + " | ".join(keys) + " | cls mAP |",
+        "|---|---|" + "---|" * (len(keys) + 1),
     ]
     for row in rows:
         cells = [f"{row['mean'][k]:.2f} ± {row['std'][k]:.2f}" for k in keys]
         cls = f"{row['mean'].get('cls_mAP', float('nan')):.2f}"
-        lines.append(f"| {row['row']} | " + " | ".join(cells) + f" | {cls} |")
+        seeds = ",".join(str(seed) for seed in row["seeds"])
+        lines.append(f"| {row['row']} | {seeds} | " + " | ".join(cells) + f" | {cls} |")
     lines += ["", "## Commands", ""]
     for row in rows:
         lines += [f"- {row['row']}:"] + [f"  - `{c}`" for c in row["commands"]]
