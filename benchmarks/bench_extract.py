@@ -14,7 +14,6 @@ random weights (same cost). ``--device auto`` picks CUDA when present.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import _common

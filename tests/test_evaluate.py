@@ -121,7 +121,7 @@ def test_equal_tiou_prefers_the_later_ground_truth():
 
 def _random_case(rng, num_classes=4):
     videos = [f"v{i}" for i in range(6)]
-    database, gt = {}, []
+    database = {}
     for v in videos:
         anns = []
         for _ in range(rng.integers(0, 9)):  # coarse grid: many equal tIoUs and contended gts

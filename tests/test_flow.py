@@ -9,7 +9,6 @@ not feature values.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pytest
