@@ -19,6 +19,13 @@ class WtalModel(nn.Module):
 
     progress: float = 1.0  # fraction of training done, set by the trainer (schedules read it)
 
+    def __init__(self, cfg, num_classes: int):
+        """Validate and keep the model's config (a ``ModelConfig``) and its number of classes."""
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.num_classes = num_classes
+
     def forward(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """features [B, T, D] float32, mask [B, T] bool -> named tensors."""
         raise NotImplementedError

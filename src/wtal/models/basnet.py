@@ -64,10 +64,7 @@ class BaSNet(WtalModel):
     """Filtering module + one (C+1)-way CAS module applied to the features and to a * features."""
 
     def __init__(self, cfg: BaSNetConfig, in_dim: int, num_classes: int):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
-        self.num_classes = num_classes
+        super().__init__(cfg, num_classes)
         h = cfg.embed_dim
         self.filter_hidden = nn.Conv1d(in_dim, cfg.attention_dim, 1)
         self.filter_out = nn.Conv1d(cfg.attention_dim, 1, 1)

@@ -111,15 +111,12 @@ class CO2Net(WtalModel):
     """Two cross-modal consensus modules + fusion + (C+1)-way classifier."""
 
     def __init__(self, cfg: CO2NetConfig, in_dim: int, num_classes: int):
-        super().__init__()
-        cfg.validate()
+        super().__init__(cfg, num_classes)
         if in_dim % 2:
             raise WtalError(
                 f"model co2net: feature width {in_dim} is odd; expected RGB and flow halves of equal width "
                 "(data.modality must be both)"
             )
-        self.cfg = cfg
-        self.num_classes = num_classes
         self.width = in_dim // 2
         self.rgb_main = ConsensusModule(self.width, cfg.attention_dim, cfg.consensus_dropout)
         self.flow_main = ConsensusModule(self.width, cfg.attention_dim, cfg.consensus_dropout)

@@ -62,10 +62,7 @@ class MIL(WtalModel):
     """Embedding + C-way classifier trained with the k-max multiple-instance loss alone."""
 
     def __init__(self, cfg: MILConfig, in_dim: int, num_classes: int):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
-        self.num_classes = num_classes
+        super().__init__(cfg, num_classes)
         self.embed = nn.Conv1d(in_dim, cfg.embed_dim, cfg.kernel_size, padding=cfg.kernel_size // 2)
         self.classifier = nn.Conv1d(cfg.embed_dim, num_classes, 1)
         self.dropout = nn.Dropout(cfg.dropout)

@@ -89,10 +89,7 @@ class UncertaintyModeling(WtalModel):
     """Embedding + C-way classifier; feature magnitudes separate action from background."""
 
     def __init__(self, cfg: UMConfig, in_dim: int, num_classes: int):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
-        self.num_classes = num_classes
+        super().__init__(cfg, num_classes)
         self.embed = nn.Conv1d(in_dim, cfg.embed_dim, 3, padding=1)
         self.classifier = nn.Conv1d(cfg.embed_dim, num_classes, 1, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)

@@ -106,10 +106,7 @@ class WholeVideoBackground(WtalModel):
     """Embedding + TEN + attention + (C+1)-way classifier, trained with the whole video as background."""
 
     def __init__(self, cfg: WholeVideoBgConfig, in_dim: int, num_classes: int):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
-        self.num_classes = num_classes
+        super().__init__(cfg, num_classes)
         h = cfg.embed_dim
         self.embed = nn.Conv1d(in_dim, h, 3, padding=1)
         self.base = nn.Conv1d(h, h, 3, padding=1) if cfg.ten != "continuity" else None
