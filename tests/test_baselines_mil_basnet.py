@@ -189,9 +189,8 @@ def test_validate_names_the_field(overrides, field):
 
 @pytest.mark.parametrize("name", ["mil", "basnet"])
 def test_training_end_to_end(name, tiny_overrides):
-    keep = [o for o in tiny_overrides if not o.startswith(("train.iterations", "train.eval_every", "train.log_every"))]
-    steps = ["train.iterations=4", "train.eval_every=2", "train.log_every=1"]
-    cfg = load_config(None, keep + [f"model.name={name}"] + steps)
+    steps = ["train.iterations=4", "train.eval_every=2", "train.log_every=1"]  # later overrides win
+    cfg = load_config(None, [*tiny_overrides, f"model.name={name}", *steps])
     result = train(cfg, progress=False)
     run = result.run_dir
     metrics = json.loads((run / "metrics.json").read_text())

@@ -113,8 +113,7 @@ def test_co2net_validate_names_the_field(override, field):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_trains_end_to_end(name, tiny_overrides):
-    overrides = [o for o in tiny_overrides if not o.startswith(("train.iterations", "train.eval_every"))]
-    cfg = load_config(None, overrides + [f"model.name={name}", "train.iterations=6", "train.eval_every=3"])
+    cfg = load_config(None, [*tiny_overrides, f"model.name={name}", "train.iterations=6", "train.eval_every=3"])
     result = train(cfg, progress=False)
     assert (result.run_dir / "metrics.json").is_file()
     assert torch.isfinite(torch.tensor(result.metrics["averages"]["avg"]))

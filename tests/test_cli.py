@@ -61,7 +61,7 @@ def test_missing_file_is_one_clear_line(tmp_path, capsys):
 
 
 def test_train_localize_eval_round_trip(tiny_overrides, tiny_dataset, tmp_path, capsys):
-    overrides = [o for o in tiny_overrides if not o.startswith("train.iterations")] + ["train.iterations=4"]
+    overrides = [*tiny_overrides, "train.iterations=4"]  # later overrides win
     assert main(["train", "--quiet", *overrides]) == 0
     run = tmp_path / "runs" / "run"
     assert main(["localize", "--run", str(run)]) == 0
@@ -82,7 +82,7 @@ def test_train_reports_nan_features(tiny_overrides, tiny_dataset, tmp_path, caps
     features = np.load(victim)
     features[3, 5] = np.nan
     np.save(victim, features)
-    overrides = [o for o in tiny_overrides if not o.startswith("data.root")] + [f"data.root={data}"]
+    overrides = [*tiny_overrides, f"data.root={data}"]
     assert main(["train", "--quiet", *overrides]) == 2
     err = capsys.readouterr().err
     assert victim.stem in err and "NaN" in err

@@ -150,7 +150,7 @@ def test_run_and_resume_refuse_a_malicious_checkpoint(tiny_overrides, tmp_path):
     from wtal.config import load_config
     from wtal.engine.trainer import train
 
-    overrides = [o for o in tiny_overrides if not o.startswith("train.iterations")] + ["train.iterations=2"]
+    overrides = [*tiny_overrides, "train.iterations=2"]  # later overrides win
     cfg = load_config(None, overrides)
     run = train(cfg, progress=False).run_dir
     assert set(load_checkpoint(run / "last.pt")) >= {"model", "optimizer", "sampler", "rng_torch", "rng_numpy"}

@@ -29,8 +29,13 @@ def test_variants_file(tmp_path):
         read_variants(path)
 
 
-def test_sweep_runs_every_row_and_seed_and_resumes(tiny_overrides, tmp_path, capsys):
-    base = [o for o in tiny_overrides if not o.startswith(("train.iterations", "train.eval_every", "output_dir", "run_name"))]
+@pytest.fixture
+def base(tiny_overrides):
+    """The tiny-preset overrides without the run location, which the sweep sets per run."""
+    return [o for o in tiny_overrides if not o.startswith(("output_dir", "run_name"))]
+
+
+def test_sweep_runs_every_row_and_seed_and_resumes(base, tmp_path, capsys):
     out = tmp_path / "sweep"
     args = ["sweep", "--quiet", "--grid", "model.lam=1,2", "--seeds", "0,1", "--out", str(out), *base,
             "train.iterations=3", "train.eval_every=0"]
@@ -46,8 +51,7 @@ def test_sweep_runs_every_row_and_seed_and_resumes(tiny_overrides, tmp_path, cap
     assert "[sweep]" not in capsys.readouterr().out
 
 
-def test_report_only_covers_the_finished_runs(tiny_overrides, tmp_path, capsys):
-    base = [o for o in tiny_overrides if not o.startswith(("train.iterations", "train.eval_every", "output_dir", "run_name"))]
+def test_report_only_covers_the_finished_runs(base, tmp_path, capsys):
     out = tmp_path / "sweep"
     run = ["sweep", "--quiet", "--grid", "model.lam=1", "--seeds", "0", "--out", str(out), *base,
            "train.iterations=2", "train.eval_every=0"]

@@ -44,8 +44,7 @@ def test_short_training_beats_untrained_model(tiny_overrides):
 
 
 def test_training_is_deterministic_on_cpu(tiny_overrides, tmp_path):
-    overrides = [o for o in tiny_overrides if not o.startswith(("train.iterations", "train.eval_every"))]
-    overrides += ["train.iterations=20", "train.eval_every=0"]
+    overrides = [*tiny_overrides, "train.iterations=20", "train.eval_every=0"]  # later overrides win
     first = train(load_config(None, overrides), progress=False).metrics
     second = train(load_config(None, overrides + ["run_name=again"]), progress=False).metrics
     assert first["mAP"] == second["mAP"]
@@ -53,7 +52,7 @@ def test_training_is_deterministic_on_cpu(tiny_overrides, tmp_path):
 
 
 def test_run_directory_is_not_overwritten(tiny_overrides):
-    overrides = [o for o in tiny_overrides if not o.startswith("train.iterations")] + ["train.iterations=2"]
+    overrides = [*tiny_overrides, "train.iterations=2"]
     cfg = load_config(None, overrides)
     train(cfg, progress=False)
     with pytest.raises(WtalError, match="--overwrite"):
