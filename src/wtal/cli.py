@@ -91,20 +91,18 @@ def _print_result(metrics: dict, thresholds) -> None:
 
 def _cmd_localize(args) -> int:
     from wtal.config import apply_overrides, config_from_dict, config_to_dict
-    from wtal.engine.inference import detect, predict
+    from wtal.engine.inference import detect, predict, resolve_device
     from wtal.engine.trainer import load_run
 
     cfg, dataset, model = load_run(args.run, args.checkpoint, args.device)
     cfg = config_from_dict(apply_overrides(config_to_dict(cfg), args.overrides), f"{args.run}/config.yaml")
-    out = Path(args.out) if args.out else Path(args.run) / f"detections-{args.subset or cfg.data.test_subset}.json"
+    subset = args.subset or cfg.data.test_subset
+    out = Path(args.out) if args.out else Path(args.run) / f"detections-{subset}.json"
     if out.exists() and not args.overwrite:
         raise WtalError(f"{out}: exists; pass --overwrite to replace it")
-    subset = args.subset or cfg.data.test_subset
     videos = dataset.videos(subset)
     if not videos:
         raise WtalError(f"{dataset.source}: --subset: no videos in subset {subset!r}")
-    from wtal.engine.inference import resolve_device
-
     scores = predict(model, dataset, videos, resolve_device(args.device), cfg.inference.video_topk_divisor)
     detections = detect(scores, dataset, cfg)
     detections.save(out)
