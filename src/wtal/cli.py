@@ -159,7 +159,6 @@ def _cmd_eval(args) -> int:
 def _cmd_demo(args) -> int:
     from wtal.config import load_config
     from wtal.data.synthetic import generate
-    from wtal.engine.inference import detect
     from wtal.engine.trainer import train
     from wtal.plots import plot_timelines
 
@@ -185,7 +184,6 @@ def _cmd_demo(args) -> int:
     _print_result(result.metrics, cfg.eval.thresholds)
     print("note: synthetic features laid over THUMOS14's real annotations; the paper's row is on real I3D features.")
 
-    detections = detect(result.scores, result.dataset, cfg)
     annotated = [s for s in result.scores if len(result.dataset.annotations.videos[s.name].labels)]
     shown = sorted(annotated, key=lambda s: -len(result.dataset.annotations.videos[s.name].labels))[:3]
     png = plot_timelines(
@@ -196,7 +194,7 @@ def _cmd_demo(args) -> int:
         [s.cas for s in shown],
         result.dataset.classes,
         result.dataset.snippet_seconds,
-        detections,
+        result.detections,
     )
     print(f"run directory: {result.run_dir} (detections.json, metrics.json, {png.name})")
     print(f"demo finished in {time.time() - started:.0f} s")

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from wtal.config import Config, config_from_dict, dump_config
 from wtal.data.readers import FeatureDataset, load_dataset
 from wtal.data.sampling import TrainBatches
+from wtal.detections import Detections
 from wtal.engine.distributed import DistContext, setup
 from wtal.engine.inference import VideoScores, detect, predict, resolve_device, score_detections
 from wtal.errors import WtalError
@@ -60,6 +61,7 @@ class RunResult:
     metrics: dict
     scores: list[VideoScores]
     dataset: FeatureDataset
+    detections: Detections | None  # None on the ranks other than 0 under torchrun
 
 
 def seed_everything(seed: int) -> None:
@@ -391,7 +393,7 @@ def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: Dis
     model.progress = 1.0
     if not dist.is_main:  # rank 0 writes the final files
         dist.barrier()
-        return RunResult(run_dir=run_dir, metrics=read_metrics(run_dir), scores=[], dataset=dataset)
+        return RunResult(run_dir=run_dir, metrics=read_metrics(run_dir), scores=[], dataset=dataset, detections=None)
 
     select_best = cfg.train.select == "best_test"
     chosen_path = run_dir / ("best.pt" if select_best else "last.pt")
@@ -411,7 +413,7 @@ def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: Dis
     }
     write_json(run_dir / "metrics.json", metrics)
     dist.barrier()
-    return RunResult(run_dir=run_dir, metrics=metrics, scores=chosen, dataset=dataset)
+    return RunResult(run_dir=run_dir, metrics=metrics, scores=chosen, dataset=dataset, detections=detections)
 
 
 def read_metrics(run_dir: str | Path) -> dict:
