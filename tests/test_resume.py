@@ -192,8 +192,10 @@ def test_rng_states_matter(tiny_dataset, tmp_path, reference, monkeypatch):
 def test_resume_with_more_iterations_continues(tiny_dataset, tmp_path):
     short = load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=12))
     train(short, progress=False)
-    longer = load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=20))
+    longer = load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=20) + ["train.threads=2"])
     result = train(longer, progress=False, resume=True)
+    torch.set_num_threads(1)  # the suite's setting (conftest), which train.threads=2 changed
+    assert "threads: 2" in (result.run_dir / "config.yaml").read_text()
     assert load_checkpoint(result.run_dir / "last.pt")["step"] == 20
     steps = [line["step"] for line in _log(result.run_dir) if line["split"] == "test"]
     assert steps == [10, 12, 20]

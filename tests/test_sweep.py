@@ -65,3 +65,19 @@ def test_report_only_covers_the_finished_runs(base, tmp_path, capsys):
     assert "[sweep]" not in capsys.readouterr().out
     assert main([*report[:3], "--grid", "model.lam=5", *report[5:]]) == 2
     assert "no finished run to report" in capsys.readouterr().err
+
+
+def test_report_gives_the_last_evaluation_beside_the_checkpoint_rule(base, tmp_path):
+    def sweep(out, select):
+        args = ["sweep", "--quiet", "--grid", "model.lam=1", "--seeds", "0,1", "--out", str(out), *base,
+                "train.iterations=4", "train.eval_every=1", f"train.select={select}"]
+        assert main(args) == 0
+        return json.loads((out / "report.json").read_text())["rows"][0]
+
+    last = sweep(tmp_path / "last", "last")
+    assert last["mean"]["last avg(0.1:0.7)"] == pytest.approx(last["mean"]["avg(0.1:0.7)"])
+    best = sweep(tmp_path / "best", "best_test")
+    assert best["mean"]["last avg(0.1:0.7)"] == pytest.approx(last["mean"]["avg(0.1:0.7)"])
+    assert best["mean"]["avg(0.1:0.7)"] >= best["mean"]["last avg(0.1:0.7)"] - 1e-9
+    table = (tmp_path / "best" / "report.md").read_text()
+    assert "avg(0.1:0.7) last |" in table and f"{best['mean']['last avg(0.1:0.7)']:.2f} ±" in table

@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue output_dir/run_name from its last.pt (same config; only train.iterations may change)",
+        help="continue output_dir/run_name from its last.pt (same config; only train.iterations, train.threads and train.device may change)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_overrides(p)

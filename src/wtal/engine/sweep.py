@@ -3,12 +3,16 @@
 Runs live in ``<out>/runs/<row>-seed<k>/``; a run whose ``metrics.json`` exists is
 skipped, so an interrupted sweep resumes where it stopped. The report gives every
 metric as mean ± std over seeds, the checkpoint rule used, and the exact command
-that reproduces each row.
+that reproduces each row. Beside the checkpoint rule the runs used (``train.select``),
+it gives the averages at the last evaluation (the end of training), read from each run's
+``metrics.jsonl``: best-test selection flatters a method by however much the test mAP
+wanders during training, and the two columns side by side show by how much.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shlex
 from dataclasses import dataclass
@@ -121,9 +125,12 @@ def summarize(config: str | None, base: list[str], rows: list[Row], seeds: list[
         runs = [read_json(run_dirs(out, row, seed) / "metrics.json") for seed in finished]
         checkpoint_rules.update(r.get("checkpoint", "?") for r in runs)
         metrics: dict[str, list[float]] = {}
-        for run in runs:
-            for key, value in _scalars(run).items():
+        for run, seed in zip(runs, finished):
+            last = _last_evaluation(run_dirs(out, row, seed) / "metrics.jsonl")
+            for key, value in [*_scalars(run).items(), *((f"last {k}", v) for k, v in last.items())]:
                 metrics.setdefault(key, []).append(value)
+        # a "last" key is kept only when every finished seed has it
+        metrics = {k: v for k, v in metrics.items() if len(v) == len(finished)}
         table.append({
             "row": row.name,
             "overrides": row.overrides,
@@ -146,6 +153,20 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return values
 
 
+def _last_evaluation(path: Path) -> dict[str, float]:
+    """The averages (``avg(...)``) of the last test evaluation in a run's metrics.jsonl ({} if none)."""
+    last: dict = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise WtalError(f"{path}: not a JSON line: {line[:80]!r}") from None
+            if record.get("split") == "test":
+                last = record
+    return {k: float(v) for k, v in last.items() if k.startswith("avg(")}
+
+
 def write_report(report: dict, out: Path) -> None:
     """``report.json``, ``report.md`` (mean ± std table + commands) and ``report.png``."""
     write_json(out / "report.json", report)
@@ -153,25 +174,29 @@ def write_report(report: dict, out: Path) -> None:
     keys = [k for k in rows[0]["mean"] if k.startswith("mAP@")] + [
         k for k in rows[0]["mean"] if k.startswith("avg(")
     ]
+    main = keys[-1]
     lines = [
         f"# Sweep report: {len(rows)} configurations x seeds {report['seeds']}",
         "",
         f"Config: `{report['config'] or 'defaults'}`; base overrides: `{' '.join(report['base_overrides']) or 'none'}`; "
-        f"checkpoint: {', '.join(report['checkpoint'])}. Values are mAP (%) mean ± std over seeds.",
+        f"checkpoint: {', '.join(report['checkpoint'])}. Values are mAP (%) mean ± std over seeds. "
+        f"The last column is {main} at the last evaluation (end of training), whatever the checkpoint rule.",
         "",
-        "| configuration | seeds | " + " | ".join(keys) + " | cls mAP |",
-        "|---|---|" + "---|" * (len(keys) + 1),
+        "| configuration | seeds | " + " | ".join(keys) + f" | cls mAP | {main} last |",
+        "|---|---|" + "---|" * (len(keys) + 2),
     ]
     for row in rows:
         cells = [f"{row['mean'][k]:.2f} ± {row['std'][k]:.2f}" for k in keys]
         cls = f"{row['mean'].get('cls_mAP', float('nan')):.2f}"
+        last = f"last {main}"
+        cells += [cls, f"{row['mean'][last]:.2f} ± {row['std'][last]:.2f}" if last in row["mean"] else "-"]
         seeds = ",".join(str(seed) for seed in row["seeds"])
-        lines.append(f"| {row['row']} | {seeds} | " + " | ".join(cells) + f" | {cls} |")
+        lines.append(f"| {row['row']} | {seeds} | " + " | ".join(cells) + " |")
     lines += ["", "## Commands", ""]
     for row in rows:
         lines += [f"- {row['row']}:"] + [f"  - `{c}`" for c in row["commands"]]
     write_text(out / "report.md", "\n".join(lines) + "\n")
-    _plot(rows, keys[-1], out / "report.png")
+    _plot(rows, main, out / "report.png")
 
 
 def _plot(rows: list[dict], key: str, path: Path) -> None:
@@ -181,10 +206,13 @@ def _plot(rows: list[dict], key: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4))
-    means = [r["mean"][key] for r in rows]
-    stds = [r["std"][key] for r in rows]
-    ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
-    ax.set_xticks(range(len(rows)))
+    x = np.arange(len(rows))
+    for shift, name, label, color in ((-0.2, key, "checkpoint rule", "tab:blue"), (0.2, f"last {key}", "last evaluation", "tab:gray")):
+        means = [r["mean"].get(name, np.nan) for r in rows]
+        stds = [r["std"].get(name, 0.0) for r in rows]
+        ax.bar(x + shift, means, width=0.4, yerr=stds, capsize=3, color=color, alpha=0.85, label=label)
+    ax.legend(fontsize=8)
+    ax.set_xticks(x)
     ax.set_xticklabels([r["row"] for r in rows], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(f"{key} mAP (%)")
     ax.set_title(f"{key}: mean ± std over seeds")

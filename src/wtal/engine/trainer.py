@@ -20,7 +20,9 @@ at any moment (SIGKILL included) continues from the last checkpoint: the model,
 optimizer, sampler and the python/numpy/torch RNG states are restored and
 metrics.jsonl is cut back to its length at that step. On CPU the resumed run
 ends with exactly the metrics of an uninterrupted one. Only ``train.iterations``
-may differ from the checkpoint's config.
+and the hardware keys ``train.threads`` and ``train.device`` may differ from the
+checkpoint's config (a run started on one core can finish on more, or on a GPU; the
+results then match an uninterrupted run up to floating-point summation order).
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) every rank trains its slice of each global
 batch in DistributedDataParallel and rank 0 alone evaluates and writes the run
@@ -136,7 +138,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 # Keys a resumed run may change; everything else must equal the checkpoint's config.
-RESUMABLE_CHANGES = {"train.iterations"}
+RESUMABLE_CHANGES = {"train.iterations", "train.threads", "train.device"}
 
 
 def _check_resume_config(cfg: Config, saved_text: str, source: Path) -> None:
@@ -151,7 +153,8 @@ def _check_resume_config(cfg: Config, saved_text: str, source: Path) -> None:
     if differ:
         details = ", ".join(f"{k}: checkpoint {saved.get(k, '<absent>')!r}, now {current.get(k, '<absent>')!r}" for k in differ)
         raise WtalError(
-            f"{source}: cannot resume with a different config (only train.iterations may change); "
+            f"{source}: cannot resume with a different config (only train.iterations, train.threads and "
+            "train.device may change); "
             f"differing keys: {details}"
         )
 
