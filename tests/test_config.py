@@ -44,6 +44,8 @@ def test_overrides_are_typed():
         ("model.name=nope", "unknown model 'nope'"),
         ("model.window=0", "model.window: expected an integer >= 1"),
         ("train", "expected key=value"),
+        ("data.val_fraction=1", "data.val_fraction: expected a value in [0, 1), found 1.0"),
+        ("train.select=best_val", "train.select: best_val needs held-out training videos; set data.val_fraction"),
     ],
 )
 def test_bad_values_name_the_field(override, message):

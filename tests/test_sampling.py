@@ -9,7 +9,7 @@ import torch
 
 from wtal.data.annotations import Annotations, Video
 from wtal.data.readers import FeatureDataset
-from wtal.data.sampling import TrainBatches, pad_batch, sample_indices
+from wtal.data.sampling import TrainBatches, hold_out, pad_batch, sample_indices
 from wtal.errors import WtalError
 
 LENGTHS = {"a": 3, "b": 10, "c": 25, "d": 40, "e": 7, "bg": 12}
@@ -133,3 +133,19 @@ def test_sampling_is_cheap():
     for _ in range(5):
         next(batches)
     assert (time.perf_counter() - started) / 5 < 0.05
+
+
+def test_held_out_videos_are_seeded_and_never_sampled():
+    names = [f"v{i}" for i in range(10)]
+    split = hold_out(names, 0.3, seed=0)
+    assert len(split) == 3 and split == sorted(split) and set(split) <= set(names)
+    assert hold_out(names[::-1], 0.3, seed=0) == split  # the order given does not matter
+    assert any(hold_out(names, 0.3, seed=s) != split for s in range(1, 5))
+    assert len(hold_out(names, 0.01, seed=0)) == 1 and len(hold_out(names, 0.99, seed=0)) == 9
+    with pytest.raises(WtalError, match="at least 2 training videos"):
+        hold_out(["a"], 0.5, seed=0)
+
+    dataset = make_dataset()
+    batches = TrainBatches(dataset, "train", 2, 16, seed=0, held_out=frozenset({"b", "d"}))
+    seen = {name for _ in range(20) for name in next(batches)["videos"]}
+    assert seen == {"a", "c", "e"}  # "bg" has no label, "b" and "d" are held out

@@ -58,3 +58,25 @@ def test_run_directory_is_not_overwritten(tiny_overrides):
     with pytest.raises(WtalError, match="--overwrite"):
         train(cfg, progress=False)
     train(cfg, overwrite=True, progress=False)
+
+
+def test_best_val_selects_on_held_out_training_videos(tiny_overrides):
+    overrides = [*tiny_overrides, "train.iterations=8", "train.eval_every=2", "train.select=best_val", "data.val_fraction=0.25"]
+    result = train(load_config(None, overrides), progress=False)
+    metrics, run = result.metrics, result.run_dir
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [line for line in lines if line["split"] == "val"]
+    test = {line["step"]: line for line in lines if line["split"] == "test"}
+    assert [line["step"] for line in val] == [2, 4, 6, 8]
+    best_val = max(val, key=lambda line: line["avg"])  # the first of equal maxima, as training keeps
+    assert metrics["step"] == best_val["step"]
+    assert metrics["averages"]["avg"] == pytest.approx(test[best_val["step"]]["avg"])
+    assert metrics["checkpoint"] == f"best validation mAP ({len(metrics['held_out'])} held-out validation videos)"
+    assert load_checkpoint(run / "best.pt")["step"] == best_val["step"]
+
+    from wtal.data.readers import load_dataset
+
+    dataset = load_dataset(load_config(None, overrides).data)
+    train_names = {v.name for v in dataset.videos("validation")}
+    assert set(metrics["held_out"]) < train_names
+    assert len(metrics["held_out"]) == round(0.25 * len(train_names))

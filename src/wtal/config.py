@@ -40,6 +40,8 @@ class DataConfig:
     max_seqlen: int = 320  # snippets sampled per training video
     sampling: str = "random_perturb"  # random_perturb (W-TALC) | uniform | crop
     cache: bool = True  # keep features in memory after first read
+    val_fraction: float = 0.0  # share of train_subset's videos held out for train.select=best_val
+    val_seed: int = 0  # seeds the held-out draw (fixed across train.seed, so seeds share one split)
 
 
 @dataclass
@@ -52,7 +54,7 @@ class TrainConfig:
     seed: int = 0  # seeds python, numpy and torch
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
-    select: str = "best_test"  # checkpoint for final detections: best_test (field practice) | last
+    select: str = "best_test"  # final checkpoint: best_test (field practice) | best_val | last
     log_every: int = 20  # steps between training-loss lines in metrics.jsonl
     checkpoint_every: int = 100  # steps between last.pt checkpoints besides evaluations (0: evaluations only)
 
@@ -224,7 +226,7 @@ _CHOICES = {
     ("data", "layout"): ("canonical", "wtalc", "per_video"),
     ("data", "modality"): ("rgb", "flow", "both"),
     ("data", "sampling"): ("random_perturb", "uniform", "crop"),
-    ("train", "select"): ("best_test", "last"),
+    ("train", "select"): ("best_test", "best_val", "last"),
     ("inference", "proposal_source"): ("attention", "cas", "both"),
     ("inference", "nms"): ("nms", "soft_nms", "none"),
     ("eval", "units"): ("seconds", "snippets"),
@@ -251,6 +253,13 @@ def validate(cfg: Config, source: str = "config") -> None:
         value = getattr(getattr(cfg, section), key)
         if not value > 0:
             raise WtalError(f"{source}: {section}.{key}: expected a positive number, found {value!r}")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise WtalError(f"{source}: data.val_fraction: expected a value in [0, 1), found {cfg.data.val_fraction!r}")
+    if cfg.train.select == "best_val" and cfg.data.val_fraction == 0:
+        raise WtalError(
+            f"{source}: train.select: best_val needs held-out training videos; set data.val_fraction "
+            "(e.g. data.val_fraction=0.2)"
+        )
     if cfg.train.eval_every < 0:
         raise WtalError(f"{source}: train.eval_every: expected >= 0, found {cfg.train.eval_every}")
     if not all(0.0 <= t <= 1.0 for t in cfg.inference.thresholds) or not cfg.inference.thresholds:

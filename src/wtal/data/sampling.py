@@ -54,8 +54,25 @@ def pad_batch(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(features), torch.from_numpy(mask)
 
 
+def hold_out(names: list[str], fraction: float, seed: int) -> list[str]:
+    """A seeded draw of ``round(fraction * len(names))`` names (at least one, never all).
+
+    The draw depends on ``seed`` and the set of names only, so every training seed
+    of a sweep shares one validation split.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise WtalError(f"data.val_fraction: expected a value in (0, 1), found {fraction!r}")
+    if len(names) < 2:
+        raise WtalError(f"data.val_fraction: needs at least 2 training videos to hold some out, found {len(names)}")
+    count = min(max(1, round(fraction * len(names))), len(names) - 1)
+    ordered = sorted(names)
+    picks = np.random.default_rng(seed).permutation(len(ordered))[:count]
+    return sorted(ordered[i] for i in picks)
+
+
 class TrainBatches:
-    """Infinite iterator of training batches over the labelled videos of ``subset``.
+    """Infinite iterator of training batches over the labelled videos of ``subset``
+    (less ``held_out``, the videos kept for checkpoint selection).
 
     ``next(batches)`` gives ``{"features": [B, L, D] float32, "mask": [B, L]
     bool, "labels": [B, C] float32 multi-hot, "videos": list of B names}``
@@ -66,14 +83,21 @@ class TrainBatches:
     """
 
     def __init__(
-        self, dataset, subset: str, batch_size: int, max_seqlen: int, sampling: str = "random_perturb", seed: int = 0
+        self,
+        dataset,
+        subset: str,
+        batch_size: int,
+        max_seqlen: int,
+        sampling: str = "random_perturb",
+        seed: int = 0,
+        held_out: frozenset[str] = frozenset(),
     ):
         if sampling not in SAMPLINGS:
             raise WtalError(f"data.sampling: expected one of {list(SAMPLINGS)}, found {sampling!r}")
         for key, value in (("train.batch_size", batch_size), ("data.max_seqlen", max_seqlen)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise WtalError(f"{key}: expected a positive integer, found {value!r}")
-        videos = dataset.videos(subset)
+        videos = [v for v in dataset.videos(subset) if v.name not in held_out]
         labels = dataset.label_matrix(videos)
         labelled = labels.sum(axis=1) > 0
         if not labelled.any():

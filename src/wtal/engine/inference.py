@@ -78,18 +78,24 @@ def detect(scores: list[VideoScores], dataset: FeatureDataset, cfg: Config) -> D
 
 
 def score_detections(
-    detections: Detections, scores: list[VideoScores], dataset: FeatureDataset, cfg: Config
+    detections: Detections,
+    scores: list[VideoScores],
+    dataset: FeatureDataset,
+    cfg: Config,
+    subset: str | None = None,
+    exclude: list[str] = (),
 ) -> tuple[DetectionResult, float]:
-    """Detection mAP on ``cfg.data.test_subset`` and video classification mAP (%)."""
+    """Detection mAP and video classification mAP (%) on ``subset`` (default
+    ``cfg.data.test_subset``) less ``cfg.data.exclude_videos`` and ``exclude``."""
     result = evaluate_detection(
         dataset.annotations,
         detections,
-        cfg.data.test_subset,
+        subset or cfg.data.test_subset,
         resolve_thresholds(cfg.eval.thresholds),
         ambiguous_filter=cfg.eval.ambiguous_filter,
         units=cfg.eval.units,
         snippet_seconds=dataset.snippet_seconds,
-        exclude_videos=cfg.data.exclude_videos,
+        exclude_videos=[*cfg.data.exclude_videos, *exclude],
     )
     videos = [dataset.annotations.videos[s.name] for s in scores]
     cls_map = classification_map(np.stack([s.video_scores for s in scores]), dataset.label_matrix(videos))

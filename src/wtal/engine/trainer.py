@@ -4,6 +4,7 @@ A run directory holds everything a run produced:
 
     config.yaml        the resolved config (loads back with ``wtal train --config``)
     metrics.jsonl      one JSON line per logged training step and per evaluation
+                       (split "test", and "val" when videos are held out)
     last.pt, best.pt   checkpoints (model, optimizer, sampler and RNG states, step, best
                        metric, metrics.jsonl length); they load with ``weights_only=True``
     detections.json    final detections on the test subset (ActivityNet results JSON)
@@ -11,7 +12,11 @@ A run directory holds everything a run produced:
 
 Every file is written atomically. Papers in this field report the checkpoint
 with the best test mAP; ``train.select`` says which one the final files use
-and ``metrics.json`` records it.
+(``best_test``, ``last``, or ``best_val``: the best detection mAP on
+``data.val_fraction`` of the training videos, held out of training and
+evaluated with their temporal annotations at each evaluation) and
+``metrics.json`` records it. best.pt is the best checkpoint under that rule
+(under ``last``, the best test one).
 
 Resume (``train(cfg, resume=True)``, ``wtal train --resume``): ``last.pt`` is
 written at every evaluation and every ``train.checkpoint_every`` steps, after
@@ -44,7 +49,7 @@ from tqdm import tqdm
 
 from wtal.config import Config, config_from_dict, dump_config
 from wtal.data.readers import FeatureDataset, load_dataset
-from wtal.data.sampling import TrainBatches
+from wtal.data.sampling import TrainBatches, hold_out
 from wtal.detections import Detections
 from wtal.engine.distributed import DistContext, setup
 from wtal.engine.inference import VideoScores, detect, predict, resolve_device, score_detections
@@ -137,6 +142,13 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+# metrics.json's "checkpoint" for each train.select
+CHECKPOINT_RULES = {
+    "best_test": "best test mAP (field practice)",
+    "best_val": "best validation mAP ({n} held-out {subset} videos)",
+    "last": "last",
+}
+
 # Keys a resumed run may change; everything else must equal the checkpoint's config.
 RESUMABLE_CHANGES = {"train.iterations", "train.threads", "train.device"}
 
@@ -188,7 +200,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "selected", device: str = "c
         raise WtalError(f"{run_dir}: not a run directory (no config.yaml)")
     cfg = config_from_dict(yaml.safe_load(config_path.read_text()), str(config_path))
     if checkpoint == "selected":
-        checkpoint = "best" if cfg.train.select == "best_test" and (run_dir / "best.pt").is_file() else "last"
+        checkpoint = "best" if cfg.train.select != "last" and (run_dir / "best.pt").is_file() else "last"
     state = load_checkpoint(run_dir / f"{checkpoint}.pt")
     dataset = load_dataset(cfg.data)
     model = build_model(cfg.model, dataset.feature_dim, dataset.num_classes)
@@ -297,10 +309,24 @@ def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: Dis
     if not test_videos:
         raise WtalError(f"{dataset.source}: data.test_subset: no videos in subset {cfg.data.test_subset!r}")
 
+    held_out = (
+        frozenset(hold_out([v.name for v in train_videos], cfg.data.val_fraction, cfg.data.val_seed))
+        if cfg.data.val_fraction > 0
+        else frozenset()
+    )
+    val_videos = [v for v in train_videos if v.name in held_out]
+    fit_names = [v.name for v in train_videos if v.name not in held_out]  # left out of validation mAP
+
     model = build_model(cfg.model, dataset.feature_dim, dataset.num_classes).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     batches = TrainBatches(
-        dataset, cfg.data.train_subset, cfg.train.batch_size, cfg.data.max_seqlen, cfg.data.sampling, cfg.train.seed
+        dataset,
+        cfg.data.train_subset,
+        cfg.train.batch_size,
+        cfg.data.max_seqlen,
+        cfg.data.sampling,
+        cfg.train.seed,
+        held_out=held_out,
     )
     first_step, best, elapsed = 1, -math.inf, 0.0
     if resume:
@@ -380,8 +406,17 @@ def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: Dis
             summary = result.summary()
             log.write({"step": step, "split": "test", **summary, "cls_mAP": cls_map, "seconds": round(time.time() - started, 1)})
             last_scores = scores
-            if summary[PRIMARY_METRIC] > best:
-                best = summary[PRIMARY_METRIC]
+            selected = summary[PRIMARY_METRIC]
+            if val_videos:
+                val_scores = predict(model, dataset, val_videos, device, cfg.inference.video_topk_divisor)
+                val_result, val_cls = score_detections(
+                    detect(val_scores, dataset, cfg), val_scores, dataset, cfg, cfg.data.train_subset, fit_names
+                )
+                log.write({"step": step, "split": "val", **val_result.summary(), "cls_mAP": val_cls})
+                if cfg.train.select == "best_val":
+                    selected = val_result.summary()[PRIMARY_METRIC]
+            if selected > best:
+                best = selected
                 best_scores = scores
                 # best.pt before last.pt: a crash in between resumes from an older last.pt,
                 # which replays this step and rewrites the same best.pt.
@@ -398,7 +433,7 @@ def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: Dis
         dist.barrier()
         return RunResult(run_dir=run_dir, metrics=read_metrics(run_dir), scores=[], dataset=dataset, detections=None)
 
-    select_best = cfg.train.select == "best_test"
+    select_best = cfg.train.select != "last"
     chosen_path = run_dir / ("best.pt" if select_best else "last.pt")
     chosen = best_scores if select_best else last_scores
     if chosen is None:  # resumed after the chosen checkpoint was written: score it again
@@ -409,10 +444,11 @@ def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: Dis
     metrics = {
         **result.to_json(),
         "cls_mAP": cls_map,
-        "checkpoint": "best test mAP (field practice)" if select_best else "last",
+        "checkpoint": CHECKPOINT_RULES[cfg.train.select].format(n=len(val_videos), subset=cfg.data.train_subset),
         "step": int(load_checkpoint(chosen_path)["step"]),
         "train_seconds": round(time.time() - started, 1),
         "device": str(device),
+        **({"held_out": sorted(held_out)} if held_out else {}),
     }
     write_json(run_dir / "metrics.json", metrics)
     dist.barrier()
