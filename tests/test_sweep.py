@@ -81,3 +81,21 @@ def test_report_gives_the_last_evaluation_beside_the_checkpoint_rule(base, tmp_p
     assert best["mean"]["avg(0.1:0.7)"] >= best["mean"]["last avg(0.1:0.7)"] - 1e-9
     table = (tmp_path / "best" / "report.md").read_text()
     assert "avg(0.1:0.7) last |" in table and f"{best['mean']['last avg(0.1:0.7)']:.2f} ±" in table
+
+
+def test_compare_gives_each_rows_difference_and_its_standard_error(base, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--quiet", "--grid", "model.lam=1,3", "--seeds", "0,1", "--out", str(out), *base,
+            "train.iterations=3", "train.eval_every=0"]
+    assert main([*args, "--compare", "model.lam=1"]) == 0
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    key = "avg(0.1:0.7)"
+    ref, other = rows
+    assert ref["delta"] == {"vs": "model.lam=1", "key": key, "diff": 0.0, "se": pytest.approx(ref["std"][key])}
+    assert other["delta"]["diff"] == pytest.approx(other["mean"][key] - ref["mean"][key])
+    assert other["delta"]["se"] == pytest.approx((other["std"][key] ** 2 / 2 + ref["std"][key] ** 2 / 2) ** 0.5)
+    assert f"{other['delta']['diff']:+.2f} ± {other['delta']['se']:.2f}" in (out / "report.md").read_text()
+    assert "Δ vs model.lam=1 |" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main([*args, "--report-only", "--compare", "model.lam=9"]) == 2
+    assert "--compare 'model.lam=9': not a row of this sweep" in capsys.readouterr().err

@@ -209,7 +209,14 @@ def _cmd_sweep(args) -> int:
         rows += parse_grid(args.grid or [])
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     report = run_sweep(
-        args.config, args.overrides, rows, seeds, Path(args.out), progress=not args.quiet, report_only=args.report_only
+        args.config,
+        args.overrides,
+        rows,
+        seeds,
+        Path(args.out),
+        progress=not args.quiet,
+        report_only=args.report_only,
+        compare=args.compare,
     )
     print(Path(args.out, "report.md").read_text())
     print(f"report: {args.out}/report.md, report.json, report.png ({len(report['rows'])} rows)")
@@ -270,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     p.add_argument("--out", required=True, help="sweep folder (runs/ and the report)")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the runs finished so far")
+    p.add_argument("--compare", metavar="ROW", help="report each row's difference to this row ± its standard error")
     p.add_argument("--quiet", action="store_true")
     _add_overrides(p)
     p.set_defaults(func=_cmd_sweep)

@@ -89,12 +89,16 @@ def run_sweep(
     out: Path,
     progress: bool = False,
     report_only: bool = False,
+    compare: str | None = None,
 ) -> dict:
     """Train every (row, seed) not finished yet, then write the report; returns the report dict.
 
     ``report_only`` trains nothing and reports the runs finished so far (a row lists
-    the seeds it has; rows without any finished run are left out).
+    the seeds it has; rows without any finished run are left out). ``compare`` names
+    a row; the report then gives every row's difference to it (see :func:`summarize`).
     """
+    if compare is not None and compare not in {row.name for row in rows}:
+        raise WtalError(f"--compare {compare!r}: not a row of this sweep (rows: {[row.name for row in rows]})")
     from wtal.engine.trainer import train
 
     if not rows or not seeds:
@@ -109,13 +113,21 @@ def run_sweep(
             cfg.output_dir, cfg.run_name = str(run_dir.parent), run_dir.name
             print(f"[sweep] {row.name} seed {seed} -> {run_dir}", flush=True)
             train(cfg, overwrite=True, progress=progress)
-    report = summarize(config, base, rows, seeds, out)
+    report = summarize(config, base, rows, seeds, out, compare)
     write_report(report, out)
     return report
 
 
-def summarize(config: str | None, base: list[str], rows: list[Row], seeds: list[int], out: Path) -> dict:
-    """Mean and std over seeds of every scalar metric, per row."""
+def summarize(
+    config: str | None, base: list[str], rows: list[Row], seeds: list[int], out: Path, compare: str | None = None
+) -> dict:
+    """Mean and std over seeds of every scalar metric, per row.
+
+    With ``compare`` (a row name), each row also gets ``delta``: the difference of
+    its mean average mAP to that row's and the standard error of that difference,
+    sqrt(s1^2 / n1 + s2^2 / n2) over the two rows' seeds (Welch), so a difference
+    can be read against seed noise.
+    """
     table = []
     checkpoint_rules = set()
     for row in rows:
@@ -141,7 +153,21 @@ def summarize(config: str | None, base: list[str], rows: list[Row], seeds: list[
         })
     if not table:
         raise WtalError(f"{out}: no finished run to report")
+    if compare is not None:
+        reference = next((row for row in table if row["row"] == compare), None)
+        if reference is None:
+            raise WtalError(f"{out}: --compare {compare!r}: that row has no finished run yet")
+        key = _main_key(reference)
+        for row in table:
+            diff = row["mean"][key] - reference["mean"][key]
+            se = np.sqrt(row["std"][key] ** 2 / len(row["seeds"]) + reference["std"][key] ** 2 / len(reference["seeds"]))
+            row["delta"] = {"vs": compare, "key": key, "diff": float(diff), "se": float(se)}
     return {"config": config, "base_overrides": base, "seeds": seeds, "checkpoint": sorted(checkpoint_rules), "rows": table}
+
+
+def _main_key(row: dict) -> str:
+    """The widest average of the protocol (avg(0.1:0.7) on THUMOS14), the last ``avg(`` key."""
+    return [k for k in row["mean"] if k.startswith("avg(")][-1]
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -175,21 +201,32 @@ def write_report(report: dict, out: Path) -> None:
         k for k in rows[0]["mean"] if k.startswith("avg(")
     ]
     main = keys[-1]
+    delta = rows[0].get("delta")
     lines = [
         f"# Sweep report: {len(rows)} configurations x seeds {report['seeds']}",
         "",
         f"Config: `{report['config'] or 'defaults'}`; base overrides: `{' '.join(report['base_overrides']) or 'none'}`; "
         f"checkpoint: {', '.join(report['checkpoint'])}. Values are mAP (%) mean ± std over seeds. "
-        f"The last column is {main} at the last evaluation (end of training), whatever the checkpoint rule.",
+        f"The column '{main} last' is {main} at the last evaluation (end of training), whatever the checkpoint rule."
+        + (
+            f" 'Δ vs {delta['vs']}' is the difference of mean {main} to that row ± its standard error over seeds"
+            " (Welch); * marks a difference larger than twice its standard error."
+            if delta
+            else ""
+        ),
         "",
-        "| configuration | seeds | " + " | ".join(keys) + f" | cls mAP | {main} last |",
-        "|---|---|" + "---|" * (len(keys) + 2),
+        "| configuration | seeds | " + " | ".join(keys) + f" | cls mAP | {main} last |" + (f" Δ vs {delta['vs']} |" if delta else ""),
+        "|---|---|" + "---|" * (len(keys) + 2 + bool(delta)),
     ]
     for row in rows:
         cells = [f"{row['mean'][k]:.2f} ± {row['std'][k]:.2f}" for k in keys]
         cls = f"{row['mean'].get('cls_mAP', float('nan')):.2f}"
         last = f"last {main}"
         cells += [cls, f"{row['mean'][last]:.2f} ± {row['std'][last]:.2f}" if last in row["mean"] else "-"]
+        if delta:
+            d = row["delta"]
+            marked = "*" if abs(d["diff"]) > 2 * d["se"] else ""
+            cells.append(f"{d['diff']:+.2f} ± {d['se']:.2f}{marked}")
         seeds = ",".join(str(seed) for seed in row["seeds"])
         lines.append(f"| {row['row']} | {seeds} | " + " | ".join(cells) + " |")
     lines += ["", "## Commands", ""]
