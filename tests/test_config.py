@@ -10,12 +10,24 @@ from wtal.config import config_from_dict, config_to_dict, dump_config, load_conf
 from wtal.errors import WtalError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+SWEEPS = sorted((Path(__file__).parents[1] / "configs" / "sweeps").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load_and_round_trip(path):
     cfg = load_config(path)
     assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_shipped_sweeps_give_valid_configs(path):
+    from wtal.engine.sweep import read_variants
+
+    rows = read_variants(path)
+    assert rows
+    base = CONFIGS[0].parent / "thumos14_synthetic.yaml"
+    configs = [load_config(base, row.overrides) for row in rows]
+    assert len({dump_config(c) for c in configs}) == len(rows), "two rows of the sweep train the same config"
 
 
 def test_protocol_defaults():
