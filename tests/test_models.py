@@ -135,6 +135,11 @@ def test_reading_b_forward_is_bas_loss_backward_is_pure_background():
     torch.testing.assert_close(value, with_actions.detach())
     torch.testing.assert_close(grad, expected_grad)
     assert not torch.allclose(with_actions, pure)
+    # hence B trains exactly as A with lambda = 1, whatever B's lambda (the ablation report's rows agree)
+    model.zero_grad()
+    model.cfg = replace(model.cfg, reading="A", lam=1.0)
+    _, grad_a, _ = _bg_grad(model, features, mask, labels)
+    torch.testing.assert_close(grad, grad_a)
 
 
 def test_reading_c_scales_with_lambda_and_is_per_snippet():
