@@ -83,7 +83,7 @@ def score_detections(
     dataset: FeatureDataset,
     cfg: Config,
     subset: str | None = None,
-    exclude: list[str] = (),
+    exclude: tuple[str, ...] | list[str] = (),
 ) -> tuple[DetectionResult, float]:
     """Detection mAP and video classification mAP (%) on ``subset`` (default
     ``cfg.data.test_subset``) less ``cfg.data.exclude_videos`` and ``exclude``."""

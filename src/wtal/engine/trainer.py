@@ -412,9 +412,10 @@ def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: Dis
                 val_result, val_cls = score_detections(
                     detect(val_scores, dataset, cfg), val_scores, dataset, cfg, cfg.data.train_subset, fit_names
                 )
-                log.write({"step": step, "split": "val", **val_result.summary(), "cls_mAP": val_cls})
+                val_summary = val_result.summary()
+                log.write({"step": step, "split": "val", **val_summary, "cls_mAP": val_cls})
                 if cfg.train.select == "best_val":
-                    selected = val_result.summary()[PRIMARY_METRIC]
+                    selected = val_summary[PRIMARY_METRIC]
             if selected > best:
                 best = selected
                 best_scores = scores
