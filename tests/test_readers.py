@@ -273,6 +273,18 @@ def test_non_finite_values_reported_on_first_read(tmp_path, layout):
         dataset.features("v_test_0")
 
 
+def test_float64_values_beyond_float32_are_reported_without_a_warning(tmp_path):
+    import warnings
+
+    features = {name: array.astype(np.float64) for name, array in _features().items()}
+    features["v_test_0"][2, 1] = 1e300
+    dataset = load_dataset(write_canonical(tmp_path, features=features))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(WtalError, match="v_test_0.*1 NaN or infinite values .*beyond float32"):
+            dataset.features("v_test_0")
+
+
 def test_wtalc_bundle_must_align_with_videonames(tmp_path):
     cfg = write_wtalc(tmp_path)
     bundle = tmp_path / "Toy-I3D-JOINTFeatures.npy"

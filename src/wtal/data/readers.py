@@ -102,8 +102,10 @@ class _FileStore:
         return _check_array(*npy_header(path), width, self.describe(name))
 
     def read(self, name: str, columns: slice) -> np.ndarray:
-        # np.array copies the mapped rows into memory, so no file stays mapped.
-        return np.array(load_npy(self.folder / f"{name}.npy", mmap=True)[:, columns], dtype=np.float32)
+        # np.array copies the mapped rows into memory, so no file stays mapped. Values beyond
+        # float32's range become inf here, which FeatureDataset.features reports.
+        with np.errstate(over="ignore"):
+            return np.array(load_npy(self.folder / f"{name}.npy", mmap=True)[:, columns], dtype=np.float32)
 
 
 class _StreamStore:
@@ -236,7 +238,8 @@ class FeatureDataset:
             if bad:
                 raise WtalError(
                     f"{self._store.describe(name)}: features: {bad} NaN or infinite values "
-                    f"(of {array.size}); regenerate or drop the video (data.exclude_videos)"
+                    f"(of {array.size}; values beyond float32's range count as infinite); "
+                    "regenerate or drop the video (data.exclude_videos)"
                 )
             self._finite.add(name)
         array.flags.writeable = False
