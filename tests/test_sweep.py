@@ -99,3 +99,14 @@ def test_compare_gives_each_rows_difference_and_its_standard_error(base, tmp_pat
     capsys.readouterr()
     assert main([*args, "--report-only", "--compare", "model.lam=9"]) == 2
     assert "--compare 'model.lam=9': not a row of this sweep" in capsys.readouterr().err
+
+
+def test_compare_and_last_column_without_a_named_average(base, tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--quiet", "--grid", "model.lam=1,3", "--seeds", "0", "--out", str(out), *base,
+            "train.iterations=2", "train.eval_every=0", "eval.thresholds=0.3,0.5", "--compare", "model.lam=1"]
+    assert main(args) == 0
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert rows[1]["delta"]["key"] == "avg"
+    assert rows[1]["mean"]["last avg"] == pytest.approx(rows[1]["mean"]["avg"])  # one evaluation, at the end
+    assert "| cls mAP | avg last | Δ vs model.lam=1 |" in (out / "report.md").read_text()

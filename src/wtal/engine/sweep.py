@@ -166,8 +166,9 @@ def summarize(
 
 
 def _main_key(row: dict) -> str:
-    """The widest average of the protocol (avg(0.1:0.7) on THUMOS14), the last ``avg(`` key."""
-    return [k for k in row["mean"] if k.startswith("avg(")][-1]
+    """The widest named average of the protocol (avg(0.1:0.7) on THUMOS14), the last
+    ``avg(`` key; "avg" (all thresholds) when the thresholds match no named average."""
+    return ([k for k in row["mean"] if k.startswith("avg(")] or ["avg"])[-1]
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -180,7 +181,7 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 
 def _last_evaluation(path: Path) -> dict[str, float]:
-    """The averages (``avg(...)``) of the last test evaluation in a run's metrics.jsonl ({} if none)."""
+    """The averages (``avg(...)`` and ``avg``) of the last test evaluation in a run's metrics.jsonl ({} if none)."""
     last: dict = {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -190,7 +191,7 @@ def _last_evaluation(path: Path) -> dict[str, float]:
                 raise WtalError(f"{path}: not a JSON line: {line[:80]!r}") from None
             if record.get("split") == "test":
                 last = record
-    return {k: float(v) for k, v in last.items() if k.startswith("avg(")}
+    return {k: float(v) for k, v in last.items() if k.startswith("avg")}
 
 
 def write_report(report: dict, out: Path) -> None:
@@ -200,7 +201,7 @@ def write_report(report: dict, out: Path) -> None:
     keys = [k for k in rows[0]["mean"] if k.startswith("mAP@")] + [
         k for k in rows[0]["mean"] if k.startswith("avg(")
     ]
-    main = keys[-1]
+    main = _main_key(rows[0])
     delta = rows[0].get("delta")
     lines = [
         f"# Sweep report: {len(rows)} configurations x seeds {report['seeds']}",
