@@ -109,4 +109,4 @@ def test_compare_and_last_column_without_a_named_average(base, tmp_path):
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert rows[1]["delta"]["key"] == "avg"
     assert rows[1]["mean"]["last avg"] == pytest.approx(rows[1]["mean"]["avg"])  # one evaluation, at the end
-    assert "| cls mAP | avg last | Δ vs model.lam=1 |" in (out / "report.md").read_text()
+    assert "| mAP@0.3 | mAP@0.5 | avg | cls mAP | avg last | Δ vs model.lam=1 |" in (out / "report.md").read_text()

@@ -165,10 +165,15 @@ def summarize(
     return {"config": config, "base_overrides": base, "seeds": seeds, "checkpoint": sorted(checkpoint_rules), "rows": table}
 
 
+def _average_keys(mean: dict) -> list[str]:
+    """The protocol's named averages (``avg(...)`` keys, narrowest first); ["avg"] (all
+    thresholds) when the thresholds match no named average."""
+    return [k for k in mean if k.startswith("avg(")] or ["avg"]
+
+
 def _main_key(row: dict) -> str:
-    """The widest named average of the protocol (avg(0.1:0.7) on THUMOS14), the last
-    ``avg(`` key; "avg" (all thresholds) when the thresholds match no named average."""
-    return ([k for k in row["mean"] if k.startswith("avg(")] or ["avg"])[-1]
+    """The widest average of the protocol (avg(0.1:0.7) on THUMOS14)."""
+    return _average_keys(row["mean"])[-1]
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -198,9 +203,7 @@ def write_report(report: dict, out: Path) -> None:
     """``report.json``, ``report.md`` (mean ± std table + commands) and ``report.png``."""
     write_json(out / "report.json", report)
     rows = report["rows"]
-    keys = [k for k in rows[0]["mean"] if k.startswith("mAP@")] + [
-        k for k in rows[0]["mean"] if k.startswith("avg(")
-    ]
+    keys = [k for k in rows[0]["mean"] if k.startswith("mAP@")] + _average_keys(rows[0]["mean"])
     main = _main_key(rows[0])
     delta = rows[0].get("delta")
     lines = [
