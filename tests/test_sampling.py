@@ -149,3 +149,65 @@ def test_held_out_videos_are_seeded_and_never_sampled():
     batches = TrainBatches(dataset, "train", 2, 16, seed=0, held_out=frozenset({"b", "d"}))
     seen = {name for _ in range(20) for name in next(batches)["videos"]}
     assert seen == {"a", "c", "e"}  # "bg" has no label, "b" and "d" are held out
+
+
+def _authors_ranges(length, count):
+    """The UM / CO2-Net rule as a plain loop (an independent reference): each position's
+    inclusive range of snippet indices."""
+    position = np.arange(count) * length / count
+    ranges = []
+    for i in range(count):
+        low = int(position[i])
+        high = int(position[i + 1]) if i < count - 1 else length - 1
+        ranges.append((low, max(low, high)))
+    return ranges
+
+
+@pytest.mark.parametrize("length", [1, 5, 16, 17, 40, 1000])
+def test_resample_gives_exactly_max_seqlen_within_the_authors_ranges(length):
+    rng = np.random.default_rng(0)
+    draws = np.stack([sample_indices(length, 16, "resample", rng) for _ in range(400)])  # [400, 16]
+    assert draws.shape == (400, 16) and (np.diff(draws, axis=1) >= 0).all()
+    if length == 16:
+        assert (draws == np.arange(16)).all()
+        return
+    for i, (low, high) in enumerate(_authors_ranges(length, 16)):
+        assert low <= draws[:, i].min() and draws[:, i].max() <= high, i
+        if high - low < 10:  # every value of a small range is drawn, roughly uniformly
+            counts = np.bincount(draws[:, i] - low, minlength=high - low + 1)
+            assert counts.min() > 0.5 * 400 / (high - low + 1), i
+        else:
+            assert abs(draws[:, i].mean() - (low + high) / 2) < 0.1 * (high - low), i
+
+
+def test_resample_batches_are_full_length_and_repeat_short_videos():
+    batches = TrainBatches(make_dataset(), "train", batch_size=5, max_seqlen=16, sampling="resample", seed=0)
+    batch = next(batches)
+    assert batch["features"].shape[1] == 16 and batch["mask"].all()
+    for row, name in enumerate(batch["videos"]):
+        index = batch["features"][row, :, 0].numpy() % 1000  # column 0 holds the snippet index
+        assert index.max() < LENGTHS[name] and (np.diff(index) >= 0).all()
+
+
+def test_similar_pairs_lead_each_batch_and_resume_exactly():
+    dataset = make_dataset()
+    make = lambda: TrainBatches(dataset, "train", 5, 8, "resample", 3, similar_pairs=2)  # noqa: E731
+    batches = make()
+    for _ in range(20):
+        batch = next(batches)
+        labels, videos = batch["labels"], batch["videos"]
+        assert len(videos) == 5
+        for i in (0, 2):
+            assert videos[i] != videos[i + 1] and (labels[i] * labels[i + 1]).sum() > 0
+    state = json.loads(json.dumps(batches.state_dict()))
+    expected = [next(batches)["videos"] for _ in range(3)]
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert [next(resumed)["videos"] for _ in range(3)] == expected
+
+
+def test_similar_pairs_refuse_a_batch_too_small_or_no_class_with_two_videos():
+    with pytest.raises(WtalError, match="train.batch_size.*similar_pairs=3"):
+        TrainBatches(make_dataset(), "train", 5, 8, "resample", 0, similar_pairs=3)
+    with pytest.raises(WtalError, match="no class has two training videos"):
+        TrainBatches(make_dataset({"a": 3, "bg": 4}), "train", 2, 8, "resample", 0, similar_pairs=1)

@@ -38,7 +38,7 @@ class DataConfig:
     modality: str = "both"  # rgb | flow | both
     feature_dim: int = 2048  # stored feature width (rgb + flow) expected in the files
     max_seqlen: int = 320  # snippets sampled per training video
-    sampling: str = "random_perturb"  # random_perturb (W-TALC) | uniform | crop
+    sampling: str = "random_perturb"  # resample (UM, CO2-Net: every video to max_seqlen) | random_perturb | uniform | crop
     cache: bool = True  # keep features in memory after first read
     val_fraction: float = 0.0  # share of train_subset's videos held out for train.select=best_val
     val_seed: int = 0  # seeds the held-out draw (fixed across train.seed, so seeds share one split)
@@ -61,18 +61,28 @@ class TrainConfig:
 
 @dataclass
 class InferenceConfig:
+    """Post-processing (``wtal.localize``). These are the defaults of a model that declares none;
+    a model config's ``inference_defaults`` (its authors' post-processing) replaces them, and
+    ``inference.*`` keys in a YAML file or an override replace both."""
+
     class_threshold: float = 0.2  # keep classes whose video score >= this (else the best one)
     video_topk_divisor: int = 10  # video score: mean of top T // divisor snippets
     proposal_source: str = "attention"  # attention | cas | both: what is thresholded
     thresholds: list[float] = field(
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-    )  # proposal thresholds on the min-max normalised sequence
+    )  # proposal thresholds
+    normalize: bool = True  # min-max normalise each proposal sequence before thresholding (false: raw values)
+    inclusive: bool = True  # a snippet is active when its value >= the threshold (false: > the threshold)
     upsample: int = 1  # repeat each snippet this many times before thresholding
+    min_length: int = 0  # drop candidates shorter than this many (upsampled) snippets
     outer_margin: float = 0.25  # outer-inner contrast margin, as a fraction of the length
+    margin_rule: str = "round"  # round: max(1, round(m * len)) each side | ceil_floor: ceil before, floor after
     class_score_weight: float = 0.2  # weight of the video class score added to each segment
+    dedup: bool = True  # merge candidates with the same class, start and end (keeping the best) before NMS
     nms: str = "nms"  # nms | soft_nms | none
     nms_iou: float = 0.6  # IoU for hard NMS
     soft_nms_sigma: float = 0.3  # Gaussian soft-NMS sigma
+    nms_length_offset: float = 0.0  # (upsampled) snippets added to each length and overlap in NMS IoU
     max_per_video: int = 100  # keep the best detections per video after NMS (0: all)
 
 
@@ -173,6 +183,10 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Confi
     except WtalError as exc:
         raise WtalError(f"{source}: {exc}") from None
     model_values["name"] = model_name
+    inference_values = values.get("inference")
+    if inference_values is None or isinstance(inference_values, Mapping):
+        # The model's own post-processing first, then what the file or the overrides say.
+        values["inference"] = {**getattr(model_cls, "inference_defaults", {}), **(inference_values or {})}
     cfg = _build(Config, values, source)
     cfg.model = _build(model_cls, model_values, f"{source}: model")
     validate(cfg, source)
@@ -225,10 +239,11 @@ def dump_config(cfg: Config) -> str:
 _CHOICES = {
     ("data", "layout"): ("canonical", "wtalc", "per_video"),
     ("data", "modality"): ("rgb", "flow", "both"),
-    ("data", "sampling"): ("random_perturb", "uniform", "crop"),
+    ("data", "sampling"): ("resample", "random_perturb", "uniform", "crop"),
     ("train", "select"): ("best_test", "best_val", "last"),
     ("inference", "proposal_source"): ("attention", "cas", "both"),
     ("inference", "nms"): ("nms", "soft_nms", "none"),
+    ("inference", "margin_rule"): ("round", "ceil_floor"),
     ("eval", "units"): ("seconds", "snippets"),
 }
 _POSITIVE = {
@@ -262,7 +277,19 @@ def validate(cfg: Config, source: str = "config") -> None:
         )
     if cfg.train.eval_every < 0:
         raise WtalError(f"{source}: train.eval_every: expected >= 0, found {cfg.train.eval_every}")
-    if not all(0.0 <= t <= 1.0 for t in cfg.inference.thresholds) or not cfg.inference.thresholds:
-        raise WtalError(f"{source}: inference.thresholds: expected values in [0, 1], found {cfg.inference.thresholds}")
+    if not cfg.inference.thresholds or (
+        cfg.inference.normalize and not all(0.0 <= t <= 1.0 for t in cfg.inference.thresholds)
+    ):
+        raise WtalError(
+            f"{source}: inference.thresholds: expected values in [0, 1] (the proposal sequence is min-max "
+            f"normalised), found {cfg.inference.thresholds}"
+        )
+    for key in ("min_length", "max_per_video"):
+        if getattr(cfg.inference, key) < 0:
+            raise WtalError(f"{source}: inference.{key}: expected >= 0, found {getattr(cfg.inference, key)!r}")
+    if cfg.inference.nms_length_offset < 0:
+        raise WtalError(
+            f"{source}: inference.nms_length_offset: expected >= 0, found {cfg.inference.nms_length_offset!r}"
+        )
     if hasattr(cfg.model, "validate"):
         cfg.model.validate(source)

@@ -4,24 +4,32 @@ For one video (``attention`` [T], ``cas`` [T, C], ``video_scores`` [C]):
 
 1. Classes: those whose video score >= ``class_threshold``, else the single best.
 2. Candidates: for each selected class the proposal sequence (``attention``, ``cas[:, c]`` or
-   both, pooled) is min-max normalised, each snippet repeated ``upsample`` times, and compared
-   with every threshold at once; each maximal run of active snippets is a candidate ``[s, e)``
-   in upsampled snippet units (``e`` exclusive). All runs of all classes and thresholds come
-   from one ``np.diff`` over padded masks.
+   both, pooled) is min-max normalised (``normalize``), each snippet repeated ``upsample``
+   times, and compared with every threshold at once; each maximal run of active snippets is a
+   candidate ``[s, e)`` in upsampled snippet units (``e`` exclusive); runs shorter than
+   ``min_length`` are dropped. All runs of all classes and thresholds come from one ``np.diff``
+   over padded masks.
 3. Score: outer-inner contrast on ``cas[:, c]`` (upsampled alike) plus
    ``class_score_weight * video_scores[c]``; every mean is O(1) from cumulative sums.
 4. Seconds: ``s * snippet_seconds / upsample`` and ``e * snippet_seconds / upsample``, clipped to
    ``[0, duration]`` when ``duration > 0`` (0 means unknown); zero-length results are dropped.
-5. Per class: exact duplicates (same start and end) keep their best score, then hard NMS,
-   Gaussian soft-NMS or none; finally the best ``max_per_video`` detections of the video.
+5. Per class: exact duplicates (same start and end) keep their best score (``dedup``), then
+   hard NMS, Gaussian soft-NMS or none; finally the best ``max_per_video`` detections (0: all).
+
+Every step is a switch of :class:`~wtal.config.InferenceConfig`; each model declares its
+authors' settings (``inference_defaults`` of its config), which the config loader applies.
 
 Choices:
 
-- A snippet is active when its normalised value is >= the threshold (inclusive).
+- A snippet is active when its value is >= the threshold (``inclusive``) or > it.
 - A constant sequence (max == min) has no contrast to localise; it normalises to all ones, so
   it yields one whole-video candidate rather than none.
-- Each margin is ``max(1, round_half_up(outer_margin * length))`` snippets, clipped to the
-  sequence; the outer mean pools the snippets of both margins and is 0 when both are empty.
+- ``margin_rule=round``: each margin is ``max(1, round_half_up(outer_margin * length))``
+  snippets; ``ceil_floor`` (CO2-Net's code): ``ceil(outer_margin * length)`` before and
+  ``floor(outer_margin * length)`` after. Margins are clipped to the sequence; the outer mean
+  pools the snippets of both margins and is 0 when both are empty.
+- NMS IoU is ``(inter + o) / (len_a + o + len_b + o - (inter + o))`` with ``o`` =
+  ``nms_length_offset`` snippets (CO2-Net's code counts a segment's end snippet twice: o = 1).
 - Hard NMS drops a box whose IoU with a kept, better box is > ``nms_iou``.
 - Soft-NMS multiplies scores by ``exp(-iou**2 / sigma)`` and drops nothing. Contrast scores can
   be negative; the factor keeps the sign, so a negative score moves towards 0 but never passes a
@@ -44,6 +52,7 @@ from wtal.errors import WtalError, where
 
 _SOURCES = ("attention", "cas", "both")
 _NMS = ("nms", "soft_nms", "none")
+_MARGIN_RULES = ("round", "ceil_floor")
 _TINY = np.finfo(np.float64).tiny
 
 
@@ -60,18 +69,23 @@ def temporal_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def _iou_one(s: float, e: float, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """IoU of one segment ``[s, e]`` with each of ``[starts, ends]`` [M] -> [M] (hot loop: lean)."""
-    inter = np.maximum(np.minimum(e, ends) - np.maximum(s, starts), 0.0)
+def _iou_one(s: float, e: float, starts: np.ndarray, ends: np.ndarray, offset: float = 0.0) -> np.ndarray:
+    """IoU of one segment ``[s, e]`` with each of ``[starts, ends]`` [M] -> [M] (hot loop: lean).
+
+    ``offset`` is added to every length and to the overlap (see the module notes)."""
+    inter = np.maximum(np.minimum(e, ends) - np.maximum(s, starts) + offset, 0.0)
     # An empty union means an empty intersection too, so the tiny floor yields IoU 0.
-    return inter / np.maximum((e - s) + (ends - starts) - inter, _TINY)
+    return inter / np.maximum((e - s) + (ends - starts) + 2 * offset - inter, _TINY)
 
 
-def nms(start: np.ndarray, end: np.ndarray, score: np.ndarray, iou: float, limit: int = 0) -> np.ndarray:
+def nms(
+    start: np.ndarray, end: np.ndarray, score: np.ndarray, iou: float, limit: int = 0, offset: float = 0.0
+) -> np.ndarray:
     """Hard NMS over segments ``start``/``end``/``score`` [N] -> kept indices [K], best first.
 
     A segment is dropped when its IoU with an already kept, better segment is > ``iou``.
     ``limit`` > 0 stops after that many kept segments (the same first ``limit`` as without it).
+    ``offset`` is added to lengths and overlaps in the IoU.
     """
     start, end, score = (np.asarray(x, dtype=np.float64) for x in (start, end, score))
     order = np.argsort(-score, kind="stable")
@@ -79,17 +93,19 @@ def nms(start: np.ndarray, end: np.ndarray, score: np.ndarray, iou: float, limit
     while order.size and (limit <= 0 or len(keep) < limit):
         best, rest = order[0], order[1:]
         keep.append(best)
-        order = rest[_iou_one(start[best], end[best], start[rest], end[rest]) <= iou]
+        order = rest[_iou_one(start[best], end[best], start[rest], end[rest], offset) <= iou]
     return np.asarray(keep, dtype=np.int64)
 
 
-def soft_nms(start: np.ndarray, end: np.ndarray, score: np.ndarray, sigma: float, limit: int = 0) -> np.ndarray:
+def soft_nms(
+    start: np.ndarray, end: np.ndarray, score: np.ndarray, sigma: float, limit: int = 0, offset: float = 0.0
+) -> np.ndarray:
     """Gaussian soft-NMS -> new scores [N], in the input order.
 
     Repeatedly takes the best remaining segment and multiplies the score of every other
     remaining one by ``exp(-iou**2 / sigma)``. ``limit`` > 0 stops after that many picks: the
     picks get their final scores, the rest keep partial decays (no higher than the last pick's
-    score while scores are >= 0).
+    score while scores are >= 0). ``offset`` is added to lengths and overlaps in the IoU.
     """
     start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
     new = np.array(score, dtype=np.float64)
@@ -99,7 +115,7 @@ def soft_nms(start: np.ndarray, end: np.ndarray, score: np.ndarray, sigma: float
         pos = int(np.argmax(new[remaining]))
         best = remaining[pos]
         remaining = np.delete(remaining, pos)
-        overlap = _iou_one(start[best], end[best], start[remaining], end[remaining])
+        overlap = _iou_one(start[best], end[best], start[remaining], end[remaining], offset)
         new[remaining] *= np.exp(-(overlap**2) / sigma)
         picks += 1
     return new
@@ -129,17 +145,23 @@ def _runs(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return row, start, end
 
 
-def _contrast(seq: np.ndarray, slot: np.ndarray, s: np.ndarray, e: np.ndarray, margin: float) -> np.ndarray:
+def _contrast(
+    seq: np.ndarray, slot: np.ndarray, s: np.ndarray, e: np.ndarray, margin: float, rule: str = "round"
+) -> np.ndarray:
     """Outer-inner contrast of candidates ``[s, e)`` on rows ``slot`` of ``seq`` [S, L] -> [N].
 
-    Mean of ``seq`` inside minus the pooled mean over both outer margins (0 if both are empty).
+    Mean of ``seq`` inside minus the pooled mean over both outer margins (0 if both are empty);
+    ``rule`` sizes the margins (module notes).
     """
     length = seq.shape[1]
     cum = np.zeros((seq.shape[0], length + 1))
     np.cumsum(seq, axis=1, out=cum[:, 1:])
     size = e - s
-    m = np.maximum(1, np.floor(margin * size + 0.5).astype(np.int64))
-    left, right = np.maximum(s - m, 0), np.minimum(e + m, length)
+    if rule == "round":
+        before = after = np.maximum(1, np.floor(margin * size + 0.5).astype(np.int64))
+    else:
+        before, after = np.ceil(margin * size).astype(np.int64), np.floor(margin * size).astype(np.int64)
+    left, right = np.maximum(s - before, 0), np.minimum(e + after, length)
     inner = (cum[slot, e] - cum[slot, s]) / size
     outer_sum = (cum[slot, s] - cum[slot, left]) + (cum[slot, right] - cum[slot, e])
     outer_n = (s - left) + (right - e)
@@ -201,6 +223,8 @@ def _check_config(cfg: InferenceConfig) -> None:
         raise WtalError(f"inference.upsample: expected a positive integer, found {cfg.upsample!r}")
     if cfg.nms == "soft_nms" and not cfg.soft_nms_sigma > 0:
         raise WtalError(f"inference.soft_nms_sigma: expected a positive number, found {cfg.soft_nms_sigma!r}")
+    if cfg.margin_rule not in _MARGIN_RULES:
+        raise WtalError(f"inference.margin_rule: expected one of {list(_MARGIN_RULES)}, found {cfg.margin_rule!r}")
 
 
 def localize_video(
@@ -234,14 +258,18 @@ def localize_video(
     if cfg.proposal_source in ("cas", "both"):
         sequences.append(cas[:, classes].T)
         row_slot.append(slots)
-    normalised = np.repeat(_minmax(np.concatenate(sequences)), up, axis=1)  # [P, T * up]
-    thresholds = np.asarray(cfg.thresholds, dtype=np.float64)
-    masks = normalised[:, None, :] >= thresholds[None, :, None]  # [P, K, T * up]
-    row, s, e = _runs(masks.reshape(-1, normalised.shape[1]))
+    sequences = np.concatenate(sequences)
+    sequences = np.repeat(_minmax(sequences) if cfg.normalize else sequences, up, axis=1)  # [P, T * up]
+    thresholds = np.asarray(cfg.thresholds, dtype=np.float64)[None, :, None]
+    masks = sequences[:, None, :] >= thresholds if cfg.inclusive else sequences[:, None, :] > thresholds
+    row, s, e = _runs(masks.reshape(-1, sequences.shape[1]))  # masks: [P, K, T * up]
+    long_enough = e - s >= cfg.min_length
+    row, s, e = row[long_enough], s[long_enough], e[long_enough]
     slot = np.concatenate(row_slot)[row // thresholds.size]
 
     scored = np.repeat(cas[:, classes], up, axis=0).T  # [S, T * up]
-    score = _contrast(scored, slot, s, e, cfg.outer_margin) + cfg.class_score_weight * video_scores[classes][slot]
+    contrast = _contrast(scored, slot, s, e, cfg.outer_margin, cfg.margin_rule)
+    score = contrast + cfg.class_score_weight * video_scores[classes][slot]
     label = classes[slot].astype(np.int64)
     start, end = s * snippet_seconds / up, e * snippet_seconds / up
     if duration > 0:
@@ -250,20 +278,22 @@ def localize_video(
     order = np.argsort(-score, kind="stable")
     order = order[end[order] > start[order]]
     label, start, end, score = label[order], start[order], end[order], score[order]
-    _, first = np.unique(np.column_stack([label, start, end]), axis=0, return_index=True)
-    first.sort()
-    label, start, end, score = label[first], start[first], end[first], score[first]
+    if cfg.dedup:
+        _, first = np.unique(np.column_stack([label, start, end]), axis=0, return_index=True)
+        first.sort()
+        label, start, end, score = label[first], start[first], end[first], score[first]
 
     if cfg.nms != "none":
         # Each class contributes at most max_per_video detections, so NMS can stop there.
         cap = cfg.max_per_video
+        offset = cfg.nms_length_offset * snippet_seconds / up
         groups = [np.flatnonzero(label == c) for c in classes]
         if cfg.nms == "nms":
-            keep = np.concatenate([g[nms(start[g], end[g], score[g], cfg.nms_iou, cap)] for g in groups])
+            keep = np.concatenate([g[nms(start[g], end[g], score[g], cfg.nms_iou, cap, offset)] for g in groups])
             label, start, end, score = label[keep], start[keep], end[keep], score[keep]
         else:
             for g in groups:
-                score[g] = soft_nms(start[g], end[g], score[g], cfg.soft_nms_sigma, cap)
+                score[g] = soft_nms(start[g], end[g], score[g], cfg.soft_nms_sigma, cap, offset)
     order = np.argsort(-score, kind="stable")
     if cfg.max_per_video > 0:
         order = order[: cfg.max_per_video]

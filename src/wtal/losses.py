@@ -47,13 +47,14 @@ def masked_min(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(torch.isinf(low), torch.zeros_like(low), low)
 
 
-def video_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+def video_cross_entropy(logits: Tensor, target: Tensor, eps: float = 0.0) -> Tensor:
     """Cross-entropy of softmax(logits) against the target normalised to sum 1, averaged over videos.
 
     logits [B, K], target [B, K] non-negative (multi-hot) -> scalar. A target
-    row of zeros contributes 0.
+    row of zeros contributes 0. ``eps`` is added to each row's sum before dividing
+    (CO2-Net's code uses 1e-4, so its targets sum to slightly less than 1).
     """
-    target = target / target.sum(-1, keepdim=True).clamp(min=1e-8)
+    target = target / (target.sum(-1, keepdim=True) + eps).clamp(min=1e-8)
     return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 

@@ -1,14 +1,21 @@
 """Training batches of snippet sequences, and padding for full-length evaluation.
 
-A training video of T snippets contributes ``min(T, max_seqlen)`` snippets,
-chosen by one of three modes:
+A training video of T snippets contributes L = ``max_seqlen`` snippets, chosen by one of
+four modes:
 
-* ``random_perturb`` (W-TALC, CO2-Net): split ``[0, T)`` into L equal bins and
-  draw one random index per bin (sorted, every bin represented);
+* ``resample`` (the code of UM and CO2-Net): every video, long or short, becomes exactly L
+  snippets. Position i covers ``[floor(i T / L), floor((i + 1) T / L)]`` (both ends included,
+  so neighbouring picks may meet; the last position runs to T - 1) and one index is drawn
+  uniformly from it. A short video repeats snippets; T = L gives every snippet once.
+* ``random_perturb``: split ``[0, T)`` into L equal bins and draw one random index per bin
+  (sorted, every bin represented);
 * ``uniform``: the middle snippet of each bin (deterministic);
 * ``crop``: a random contiguous window of L snippets.
 
-A video with ``T <= max_seqlen`` contributes all its snippets in every mode.
+In the last three modes a video with ``T <= max_seqlen`` contributes all its T snippets.
+
+Batches may start with same-class pairs (``similar_pairs``): rows 2i and 2i+1 share a class,
+as the co-activity losses of W-TALC and CO2-Net need.
 """
 
 from __future__ import annotations
@@ -20,11 +27,23 @@ import torch
 
 from wtal.errors import WtalError
 
-SAMPLINGS = ("random_perturb", "uniform", "crop")
+SAMPLINGS = ("resample", "random_perturb", "uniform", "crop")
+
+
+def resample_indices(length: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` non-decreasing snippet indices int64 into ``[0, length)`` (mode ``resample``)."""
+    if length == count:
+        return np.arange(count)
+    low = (np.arange(count) * length / count).astype(np.int64)
+    high = np.append(low[1:], length - 1)  # inclusive upper end of each position's range
+    return low + (rng.random(count) * (high - low + 1)).astype(np.int64)
 
 
 def sample_indices(length: int, count: int, mode: str, rng: np.random.Generator) -> np.ndarray:
-    """Sorted snippet indices ``[min(length, count)]`` int64 into ``[0, length)``."""
+    """Sorted snippet indices int64 into ``[0, length)``: ``count`` of them in mode ``resample``,
+    else ``min(length, count)``."""
+    if mode == "resample":
+        return resample_indices(length, count, rng)
     if length <= count:
         return np.arange(length)
     if mode == "crop":
@@ -77,9 +96,12 @@ class TrainBatches:
     ``next(batches)`` gives ``{"features": [B, L, D] float32, "mask": [B, L]
     bool, "labels": [B, C] float32 multi-hot, "videos": list of B names}``
     with L the longest sampled length in the batch (``<= max_seqlen``).
-    Videos are drawn in shuffled epochs; a batch may span two epochs. All
-    randomness comes from one numpy Generator seeded by ``seed``, and
-    :meth:`state_dict` (JSON-serialisable) resumes the exact same stream.
+    Videos are drawn in shuffled epochs; a batch may span two epochs. With
+    ``similar_pairs`` = P > 0 the first 2P rows are P pairs: a class drawn uniformly
+    (with replacement) among the classes with at least two training videos, then two
+    distinct videos of that class (as W-TALC's and CO2-Net's code draw them); the other
+    rows come from the epochs. All randomness comes from one numpy Generator seeded by
+    ``seed``, and :meth:`state_dict` (JSON-serialisable) resumes the exact same stream.
     """
 
     def __init__(
@@ -91,6 +113,7 @@ class TrainBatches:
         sampling: str = "random_perturb",
         seed: int = 0,
         held_out: frozenset[str] = frozenset(),
+        similar_pairs: int = 0,
     ):
         if sampling not in SAMPLINGS:
             raise WtalError(f"data.sampling: expected one of {list(SAMPLINGS)}, found {sampling!r}")
@@ -109,6 +132,20 @@ class TrainBatches:
         self.max_seqlen = max_seqlen
         self.sampling = sampling
         self._labels = labels[labelled]
+        self.similar_pairs = similar_pairs
+        self._by_class = [np.flatnonzero(column) for column in self._labels.T > 0]
+        self._pair_classes = np.flatnonzero([len(videos) >= 2 for videos in self._by_class])
+        if similar_pairs:
+            if 2 * similar_pairs > batch_size:
+                raise WtalError(
+                    f"train.batch_size: {batch_size} videos cannot hold model.similar_pairs={similar_pairs} "
+                    f"same-class pairs; expected a batch of at least {2 * similar_pairs}"
+                )
+            if not self._pair_classes.size:
+                raise WtalError(
+                    f"{dataset.source}: subset {subset!r}: no class has two training videos to form the "
+                    f"model.similar_pairs={similar_pairs} same-class pairs; set model.similar_pairs=0"
+                )
         self._rng = np.random.default_rng(seed)
         self._order = np.zeros(0, dtype=np.int64)
         self._position = 0
@@ -118,9 +155,12 @@ class TrainBatches:
         return self
 
     def _draw(self) -> np.ndarray:
-        """Indices of the next ``batch_size`` videos, starting a new epoch when one runs out."""
+        """Indices of the next ``batch_size`` videos: the same-class pairs, then the epoch's
+        next videos, starting a new epoch when one runs out."""
         picks = []
-        needed = self.batch_size
+        for c in self._rng.choice(self._pair_classes, size=self.similar_pairs) if self.similar_pairs else ():
+            picks.append(self._rng.choice(self._by_class[c], size=2, replace=False))
+        needed = self.batch_size - 2 * self.similar_pairs
         while needed:
             if self._position == len(self._order):
                 self._order = self._rng.permutation(len(self.names))

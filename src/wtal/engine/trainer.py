@@ -327,6 +327,7 @@ def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: Dis
         cfg.data.sampling,
         cfg.train.seed,
         held_out=held_out,
+        similar_pairs=getattr(cfg.model, "similar_pairs", 0),
     )
     first_step, best, elapsed = 1, -math.inf, 0.0
     if resume:

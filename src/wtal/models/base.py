@@ -37,10 +37,11 @@ class WtalModel(nn.Module):
     def scores(
         self, outputs: dict[str, Tensor], mask: Tensor, video_topk_divisor: int = 10
     ) -> dict[str, Tensor]:
-        """Inference scores, all in [0, 1]:
+        """Inference scores, what the model's post-processing (its config's ``inference_defaults``) reads:
 
-        ``attention`` [B, T] actionness; ``cas`` [B, T, C] per-snippet action
-        class scores (never the background channel); ``video_scores`` [B, C]
-        pooled over the top ``T // video_topk_divisor`` snippets of each video.
+        ``attention`` [B, T] actionness in [0, 1]; ``cas`` [B, T, C] per-snippet action
+        class scores (never the background channel; in [0, 1] unless the method's authors
+        score segments on unbounded values, as CO2-Net does); ``video_scores`` [B, C] in
+        [0, 1], pooled over the top ``T // video_topk_divisor`` snippets of each video.
         """
         raise NotImplementedError

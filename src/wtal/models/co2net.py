@@ -1,35 +1,68 @@
 """Cross-modal Consensus Network (CO2-Net; Hong et al., ACM MM 2021), a baseline.
 
-The feature vector holds RGB in its first half and flow in its second (``in_dim``
-must be even; width d = in_dim / 2 per modality). Two cross-modal consensus modules,
-one with RGB as the main modality and one with flow: the *other* modality gives local
-context ``L = act(conv_k3(other))`` [B, d, T], the main modality global context
-``G = act(W mean_t(main))`` [B, d]; their cosine affinity per snippet
-``c_t = <G/|G|, L_t/|L_t|>`` makes a channel filter ``sigmoid(L_t * c_t)`` that multiplies
-the main features. Each filtered stream has its own attention head (a_rgb, a_flow);
-``a = (a_rgb + a_flow) / 2``. The filtered streams, concatenated, go through a 1x1
-fusion conv to a (C+1)-way classifier (background last) -> ``S``; attention-suppressed
-scores ``S_fg = a * (S - min_c S) + min_c S`` (min over the C+1 classes of each snippet).
+This file computes what the authors' code (``harlanhong/MM2021-CO2-Net``, model ``CO2`` with
+consensus module ``BWA_fusion_dropout_feat_v2``) computes; ``tests/test_parity_co2net.py``
+loads the authors' weights through :data:`AUTHORS_NAMES` and checks every output and loss
+term against numbers produced by their code (``tests/fixtures/README.md``).
 
-Loss: ``L_orig + L_supp + w_mutual * L_mutual + w_norm * L_norm + w_guide * L_guide``.
-* ``L_orig`` / ``L_supp``: cross-entropy of softmax(top-k mean of S / S_fg,
-  k = max(1, T_real // topk_r)) against normalize([y, 1]) / normalize([y, 0]);
+Network. The feature vector holds RGB in its first half and flow in its second (``in_dim``
+even; d = in_dim / 2 per modality). Two cross-modal consensus modules, one with RGB as the
+main modality and one with flow. Each builds
+* a global context of the main modality, ``g = drop(act(conv_k3(mean_t(main))))`` [B, d, 1]
+  (a k=3 conv applied to a length-1 sequence, so only its centre tap acts; kept as the
+  authors have it because the kernel's fan-in sets the initialisation scale);
+* a local context of the other modality, ``l = drop(act(conv_k3(other)))`` [B, d, T];
+* a per-channel, per-snippet gate ``sigmoid(l * g)`` that filters the main features;
+* its own attention head on the filtered features (conv k3 - act - drop - conv k3 - act -
+  conv k1 - drop - sigmoid).
+``a = (a_rgb + a_flow) / 2``. The filtered streams, concatenated, go through a 1x1 fusion
+conv (act, drop) -> ``X`` [B, T, D], then drop - conv k3 (H = ``embed_dim``) - act - drop -
+conv k1 to C+1 classes (background last) -> ``S``. Attention-suppressed logits
+``S_supp = a * (S - min_c S) + min_c S`` (min over the C+1 classes of each snippet).
+act is LeakyReLU(0.2). Every conv has kaiming-uniform weights and zero biases.
+
+Loss: ``L_orig + L_supp + w_coact * L_coact + w_mutual * L_mutual + w_norm * L_norm +
+w_guide * L_guide``.
+* ``L_orig`` / ``L_supp``: cross-entropy of softmax(top-k mean of S / S_supp over time,
+  k = max(1, T // topk_r)) against [y, 1] / [y, 0], each divided by its sum + 1e-4;
+* ``L_coact`` (co-activity similarity): for each same-class pair (videos 2i, 2i+1 of the
+  batch, i < ``similar_pairs``) and class c, the high- and low-activity features
+  ``H = X^T softmax_t(S_supp[:, c])``, ``L = X^T (1 - softmax_t(S_supp[:, c])) / max(T - 1, 1)``
+  and ``d(u, v) = 1 - cos(u, v)``: ``0.5 [d(H1, H2) - d(H1, L2) + 0.5]_+ +
+  0.5 [d(H1, H2) - d(H2, L1) + 0.5]_+``, summed over the classes both videos have and
+  divided by the number of such (pair, class) terms;
 * ``L_mutual``: 0.5 MSE(a_rgb, sg(a_flow)) + 0.5 MSE(a_flow, sg(a_rgb));
 * ``L_norm``: mean of a, a_rgb, a_flow (averaged over the three);
 * ``L_guide``: mean |1 - a - softmax(S)_bg| (over a, a_rgb, a_flow).
-The official code also adds a co-activity similarity loss (weight 1); this compact
-baseline leaves it out. Defaults are the official THUMOS14 settings (k 7,
-norm and guide weights 0.8, mutual weight 1, dropout 0.7, hidden widths 2048 / 512).
+Defaults are the official THUMOS14 settings (k 7, weights 0.8 / 0.8 / 1 / 1, dropout 0.7
+and 0.5, widths 2048 / 512, 3 same-class pairs per batch).
 
-Shapes: B videos, T snippets, D = 2d feature width, C action classes,
-H ``embed_dim``; ``mask`` [B, T] bool marks real snippets; every value a real
-snippet gets is independent of padding.
+Inference (the authors' ``multiple_threshold_hamnet``, declared in
+``CO2NetConfig.inference_defaults``): actionness is the raw attention ``a``, thresholded
+strictly at ``linspace(0.1, 0.9, 10)``; segments are scored by the outer-inner contrast of
+``S * a`` (logits times attention) plus 0.2 x the video score; video scores are a softmax over
+the C+1 classes of the top-k mean (k = T // 10) of ``S * a``, background dropped; classes with
+a score >= 0.2 are kept; Gaussian soft-NMS (sigma 0.3, IoU with the authors' +1 snippet
+lengths) keeps every segment.
+
+Where wtal differs from the authors' code, on purpose:
+* padding: batches are padded and every pooled value is taken over the real snippets of each
+  video (the authors resample every training video to the same length, ``data.sampling=
+  resample``, and test one video at a time), so with no padding the two are equal;
+* a batch without a same-class pair gives ``L_coact = 0`` (the authors' code divides 0 by 0);
+* ``init=torch`` keeps PyTorch's default initialisation (default ``kaiming``, the authors').
+
+Shapes: B videos, T snippets, D = 2d feature width, C action classes, H ``embed_dim``;
+``mask`` [B, T] bool marks real snippets; every value a real snippet gets is independent of
+padding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,6 +73,26 @@ from wtal.models.base import WtalModel
 from wtal.models.registry import ModelConfig, register_model
 
 NEGATIVE_SLOPE = 0.2  # LeakyReLU slope [CO2-Net]
+LABEL_EPS = 1e-4  # added to the label sum before normalising the MIL targets [CO2-Net code]
+COACTIVITY_MARGIN = 0.5  # hinge margin of the co-activity similarity loss [CO2-Net code]
+
+# The authors' state_dict module names -> wtal's (each maps ``<name>.weight`` and ``<name>.bias``).
+AUTHORS_NAMES = {
+    "vAttn.bit_wise_attn.0": "rgb_consensus.local_context",
+    "vAttn.channel_conv.0": "rgb_consensus.global_context",
+    "vAttn.attention.0": "rgb_consensus.attention.0",
+    "vAttn.attention.3": "rgb_consensus.attention.1",
+    "vAttn.attention.5": "rgb_consensus.attention.2",
+    "fAttn.bit_wise_attn.0": "flow_consensus.local_context",
+    "fAttn.channel_conv.0": "flow_consensus.global_context",
+    "fAttn.attention.0": "flow_consensus.attention.0",
+    "fAttn.attention.3": "flow_consensus.attention.1",
+    "fAttn.attention.5": "flow_consensus.attention.2",
+    "fusion.0": "fusion",
+    "classifier.1": "hidden",
+    "classifier.4": "classifier",
+}
+AUTHORS_UNUSED = ("feat_encoder.",)  # built by the authors' model but never called in its forward
 
 
 @dataclass
@@ -52,7 +105,30 @@ class CO2NetConfig(ModelConfig):
     topk_r: int = 7  # top-k MIL pooling, k = max(1, T_real // topk_r): 7 THUMOS14, 5 ActivityNet [CO2-Net]
     norm_weight: float = 0.8  # weight of the attention norm loss (alpha1) [CO2-Net]
     guide_weight: float = 0.8  # weight of the guide loss (alpha2) [CO2-Net]
+    coactivity_weight: float = 1.0  # weight of the co-activity similarity loss (alpha3) [CO2-Net]
     mutual_weight: float = 1.0  # weight of the mutual learning loss between a_rgb and a_flow (alpha4) [CO2-Net]
+    similar_pairs: int = 3  # same-class video pairs at the start of each training batch (0: none) [CO2-Net code]
+    init: str = "kaiming"  # kaiming: kaiming-uniform weights, zero biases [CO2-Net code] | torch: PyTorch's defaults
+
+    # The authors' post-processing (proposal_methods.multiple_threshold_hamnet); inference.* keys override.
+    inference_defaults: ClassVar[dict] = {
+        "class_threshold": 0.2,
+        "video_topk_divisor": 10,
+        "proposal_source": "attention",
+        "thresholds": [float(t) for t in np.linspace(0.1, 0.9, 10)],
+        "normalize": False,
+        "inclusive": False,
+        "upsample": 1,
+        "outer_margin": 0.25,
+        "margin_rule": "ceil_floor",
+        "class_score_weight": 0.2,
+        "dedup": False,
+        "nms": "soft_nms",
+        "soft_nms_sigma": 0.3,
+        "nms_length_offset": 1.0,
+        "max_per_video": 0,
+        "min_length": 0,
+    }
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
@@ -60,12 +136,22 @@ class CO2NetConfig(ModelConfig):
             source,
             counts=("embed_dim", "attention_dim", "topk_r"),
             probabilities=("dropout", "consensus_dropout"),
-            non_negative=("norm_weight", "guide_weight", "mutual_weight"),
+            non_negative=("norm_weight", "guide_weight", "coactivity_weight", "mutual_weight", "similar_pairs"),
+            choices={"init": ("kaiming", "torch")},
         )
 
 
 def _act(x: Tensor) -> Tensor:
     return F.leaky_relu(x, NEGATIVE_SLOPE)
+
+
+def kaiming_init(module: nn.Module) -> None:
+    """The authors' initialisation: kaiming_uniform_ weights and zero biases on every conv and linear layer."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv1d, nn.Linear)):
+            nn.init.kaiming_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 def mutual_loss(a_rgb: Tensor, a_flow: Tensor, mask: Tensor) -> Tensor:
@@ -75,13 +161,45 @@ def mutual_loss(a_rgb: Tensor, a_flow: Tensor, mask: Tensor) -> Tensor:
     return 0.5 * masked_mean(to_flow, mask).mean() + 0.5 * masked_mean(to_rgb, mask).mean()
 
 
+def _cosine_distance(u: Tensor, v: Tensor) -> Tensor:
+    """1 - cos(u, v) over dim 1: u, v [P, D, K] -> [P, K]."""
+    return 1 - (u * v).sum(1) / (u.norm(dim=1) * v.norm(dim=1))
+
+
+def coactivity_loss(features: Tensor, logits: Tensor, labels: Tensor, mask: Tensor, pairs: int) -> Tensor:
+    """Co-activity similarity loss over the same-class pairs (2i, 2i+1), i < ``pairs``.
+
+    features [B, T, D], logits [B, T, K] (background channel included, its label 0), labels
+    [B, K - 1] multi-hot, mask [B, T] -> scalar (0 when no pair shares a class).
+    """
+    pairs = min(pairs, features.shape[0] // 2)
+    if pairs == 0:
+        return features.new_zeros(())
+    m = mask[: 2 * pairs, :, None].to(features.dtype)  # [2P, T, 1]
+    x = features[: 2 * pairs] * m
+    atn = torch.softmax(logits[: 2 * pairs].masked_fill(m == 0, float("-inf")), dim=1)  # [2P, T, K] over time
+    rest = (mask[: 2 * pairs].sum(1) - 1).clamp(min=1).to(features.dtype)  # [2P]
+    high = torch.einsum("btd,btk->bdk", x, atn)  # [2P, D, K]
+    low = torch.einsum("btd,btk->bdk", x, (1 - atn) * m) / rest[:, None, None]
+    h1, h2, l1, l2 = high[0::2], high[1::2], low[0::2], low[1::2]  # [P, D, K] each
+    both = labels[0 : 2 * pairs : 2] * labels[1 : 2 * pairs : 2]  # [P, C]
+    both = torch.cat([both, both.new_zeros(pairs, logits.shape[-1] - labels.shape[-1])], 1)  # background: 0
+    d_same = _cosine_distance(h1, h2)
+    hinge = F.relu(d_same - _cosine_distance(h1, l2) + COACTIVITY_MARGIN)
+    hinge = hinge + F.relu(d_same - _cosine_distance(h2, l1) + COACTIVITY_MARGIN)
+    count = both.sum()
+    if count == 0:
+        return features.new_zeros(())
+    return (0.5 * hinge * both).sum() / count
+
+
 class ConsensusModule(nn.Module):
-    """Filters the main modality [B, d, T] with a channel attention built from both; own attention head."""
+    """Filters the main modality [B, d, T] with a gate built from both; has its own attention head."""
 
     def __init__(self, width: int, attention_dim: int, dropout: float):
         super().__init__()
-        self.global_fc = nn.Linear(width, width)  # global context of the main modality
-        self.local_conv = nn.Conv1d(width, width, 3, padding=1)  # local context of the other modality
+        self.global_context = nn.Conv1d(width, width, 3, padding=1)  # on the pooled main modality (length 1)
+        self.local_context = nn.Conv1d(width, width, 3, padding=1)  # on the other modality
         self.attention = nn.ModuleList(
             [
                 nn.Conv1d(width, attention_dim, 3, padding=1),
@@ -94,11 +212,10 @@ class ConsensusModule(nn.Module):
     def forward(self, main: Tensor, other: Tensor, mask: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         """main, other [B, d, T] (zero on padding), mask [B, T], m [B, 1, T] float
         -> attention [B, T], filtered main features [B, d, T] (zero on padding)."""
-        pooled = masked_mean(main.transpose(1, 2), mask)  # [B, d], real snippets only
-        g = self.dropout(_act(self.global_fc(pooled)))  # [B, d]
-        local = self.dropout(_act(self.local_conv(other)))  # [B, d, T]
-        affinity = torch.einsum("bd,bdt->bt", F.normalize(g, dim=1), F.normalize(local, dim=1))
-        filtered = torch.sigmoid(local * affinity[:, None, :]) * main * m
+        pooled = masked_mean(main.transpose(1, 2), mask)[:, :, None]  # [B, d, 1], real snippets only
+        g = self.dropout(_act(self.global_context(pooled)))  # [B, d, 1]
+        local = self.dropout(_act(self.local_context(other)))  # [B, d, T]
+        filtered = torch.sigmoid(local * g) * main * m
         first, second, out = self.attention
         h = self.dropout(_act(first(filtered)))
         h = _act(second(h * m))
@@ -118,21 +235,23 @@ class CO2Net(WtalModel):
                 "(data.modality must be both)"
             )
         self.width = in_dim // 2
-        self.rgb_main = ConsensusModule(self.width, cfg.attention_dim, cfg.consensus_dropout)
-        self.flow_main = ConsensusModule(self.width, cfg.attention_dim, cfg.consensus_dropout)
+        self.rgb_consensus = ConsensusModule(self.width, cfg.attention_dim, cfg.consensus_dropout)
+        self.flow_consensus = ConsensusModule(self.width, cfg.attention_dim, cfg.consensus_dropout)
         self.fusion = nn.Conv1d(in_dim, in_dim, 1)
         self.hidden = nn.Conv1d(in_dim, cfg.embed_dim, 3, padding=1)
         self.classifier = nn.Conv1d(cfg.embed_dim, num_classes + 1, 1)  # background is the last channel
         self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.init == "kaiming":
+            kaiming_init(self)
 
     def forward(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """features [B, T, D], mask [B, T] -> attention, attention_rgb, attention_flow [B, T];
-        cas_logits S and cas_fg_logits S_fg [B, T, C+1]; fused features [B, T, D]."""
+        cas_logits S and cas_fg_logits S_supp [B, T, C+1]; fused features X [B, T, D]."""
         m = mask[:, None, :].to(features.dtype)
         x = features.transpose(1, 2) * m  # [B, D, T]
         rgb, flow = x[:, : self.width], x[:, self.width :]
-        a_rgb, rgb_filtered = self.rgb_main(rgb, flow, mask, m)
-        a_flow, flow_filtered = self.flow_main(flow, rgb, mask, m)
+        a_rgb, rgb_filtered = self.rgb_consensus(rgb, flow, mask, m)
+        a_flow, flow_filtered = self.flow_consensus(flow, rgb, mask, m)
         attention = (a_rgb + a_flow) / 2
         fused = self.dropout(_act(self.fusion(torch.cat([rgb_filtered, flow_filtered], 1))))
         h = self.dropout(_act(self.hidden(self.dropout(fused) * m)))
@@ -149,31 +268,64 @@ class CO2Net(WtalModel):
         }
 
     def loss(self, outputs: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        """labels [B, C] multi-hot -> {"total", "orig", "supp", "mutual", "norm", "guide"} scalars."""
+        """labels [B, C] multi-hot -> {"total", "orig", "supp", "coactivity", "mutual", "norm", "guide"} scalars."""
         cfg = self.cfg
-        s = outputs["cas_logits"]
-        ones = labels.new_ones(labels.shape[0], 1)
-        orig = video_cross_entropy(topk_mean(s, mask, cfg.topk_r), torch.cat([labels, ones], 1))
-        zeros = labels.new_zeros(labels.shape[0], 1)
-        supp = video_cross_entropy(topk_mean(outputs["cas_fg_logits"], mask, cfg.topk_r), torch.cat([labels, zeros], 1))
+        s, s_fg = outputs["cas_logits"], outputs["cas_fg_logits"]
+        ones, zeros = labels.new_ones(labels.shape[0], 1), labels.new_zeros(labels.shape[0], 1)
+        orig = video_cross_entropy(topk_mean(s, mask, cfg.topk_r), torch.cat([labels, ones], 1), LABEL_EPS)
+        supp = video_cross_entropy(topk_mean(s_fg, mask, cfg.topk_r), torch.cat([labels, zeros], 1), LABEL_EPS)
+        coactivity = coactivity_loss(outputs["fused"], s_fg, labels, mask, cfg.similar_pairs)
         a, a_rgb, a_flow = outputs["attention"], outputs["attention_rgb"], outputs["attention_flow"]
         mutual = mutual_loss(a_rgb, a_flow, mask)
         background = torch.softmax(s, -1)[..., -1]  # [B, T]
         norm = sum(masked_mean(x, mask).mean() for x in (a, a_rgb, a_flow)) / 3
         guide = sum(masked_mean((1 - x - background).abs(), mask).mean() for x in (a, a_rgb, a_flow)) / 3
-        total = orig + supp + cfg.mutual_weight * mutual + cfg.norm_weight * norm + cfg.guide_weight * guide
-        return {"total": total, "orig": orig, "supp": supp, "mutual": mutual, "norm": norm, "guide": guide}
+        total = (
+            orig
+            + supp
+            + cfg.coactivity_weight * coactivity
+            + cfg.mutual_weight * mutual
+            + cfg.norm_weight * norm
+            + cfg.guide_weight * guide
+        )
+        return {
+            "total": total,
+            "orig": orig,
+            "supp": supp,
+            "coactivity": coactivity,
+            "mutual": mutual,
+            "norm": norm,
+            "guide": guide,
+        }
 
     def scores(
         self, outputs: dict[str, Tensor], mask: Tensor, video_topk_divisor: int = 10
     ) -> dict[str, Tensor]:
-        """attention [B, T]; cas [B, T, C]: softmax of S_fg over the C+1 channels, action channels;
-        video_scores [B, C]: softmax over the C action channels of the top-k mean of S_fg
-        (k = max(1, T_real // video_topk_divisor)). Padded positions are 0."""
+        """The authors' inference scores: attention [B, T] (raw sigmoid attention); cas [B, T, C]:
+        ``S * a`` (logits times attention, action channels; not bounded to [0, 1]); video_scores
+        [B, C]: softmax over the C+1 channels of the top-k mean of ``S * a`` (k = max(1, T_real //
+        video_topk_divisor)), background dropped. Padded positions are 0."""
         m = mask.to(outputs["attention"].dtype)
-        s_fg = outputs["cas_fg_logits"]
+        weighted = outputs["cas_logits"] * outputs["attention"][..., None]  # [B, T, C+1]
         return {
             "attention": outputs["attention"] * m,
-            "cas": torch.softmax(s_fg, -1)[..., :-1] * m[..., None],
-            "video_scores": torch.softmax(topk_mean(s_fg[..., :-1], mask, video_topk_divisor), -1),
+            "cas": weighted[..., :-1] * m[..., None],
+            "video_scores": torch.softmax(topk_mean(weighted, mask, video_topk_divisor), -1)[:, :-1],
         }
+
+
+def authors_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a state_dict of the authors' ``CO2`` model to wtal's :class:`CO2Net` names.
+
+    Parameters of modules their forward never calls (``feat_encoder``) are dropped; any other
+    unknown name raises :class:`WtalError`.
+    """
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith(AUTHORS_UNUSED):
+            continue
+        module, _, leaf = key.rpartition(".")
+        if module not in AUTHORS_NAMES:
+            raise WtalError(f"CO2-Net weights: unknown parameter {key!r}; expected one of {sorted(AUTHORS_NAMES)}")
+        renamed[f"{AUTHORS_NAMES[module]}.{leaf}"] = torch.as_tensor(value)
+    return renamed
