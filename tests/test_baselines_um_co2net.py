@@ -45,14 +45,22 @@ def test_shapes_loss_and_gradients(name):
     channels = C if name == "um" else C + 1
     assert out["cas_logits"].shape == (B, T, channels)
     losses = model.loss(out, labels, mask)
-    expected = {"total", "cls", "um", "be"} if name == "um" else {"total", "orig", "supp", "mutual", "norm", "guide"}
+    expected = (
+        {"total", "cls", "um", "be"}
+        if name == "um"
+        else {"total", "orig", "supp", "coactivity", "mutual", "norm", "guide"}
+    )
     assert set(losses) == expected
     assert_finite_scalar_losses(losses)
     losses["total"].backward()
     assert_gradients_reach_every_parameter(model)
     scores = model.scores(out, mask)
-    assert_scores_contract(scores, mask, C)
-    torch.testing.assert_close(scores["video_scores"].sum(-1), torch.ones(B))
+    # CO2-Net's authors localise on logits x attention, which no bound holds
+    assert_scores_contract(scores, mask, C, bounded_cas=name == "um")
+    if name == "um":
+        torch.testing.assert_close(scores["video_scores"].sum(-1), torch.ones(B))
+    else:  # a softmax over C + 1 channels, background dropped
+        assert (scores["video_scores"].sum(-1) < 1).all()
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -90,7 +98,9 @@ def test_config_loading(name):
         ("model.r_act=0", "model.r_act"),
         ("model.margin=0", "model.margin"),
         ("model.select_dropout=1.0", "model.select_dropout"),
-        ("model.beta=-1", "model.beta"),
+        ("model.um_weight=-1", "model.um_weight"),
+        ("model.be_weight=-1", "model.be_weight"),
+        ("model.video_loss=softmax", "model.video_loss"),
     ],
 )
 def test_um_validate_names_the_field(override, field):
@@ -136,8 +146,9 @@ def test_magnitude_loss_hand_computed():
     torch.testing.assert_close(magnitude_loss(act, bkg, margin=20.0), torch.tensor(178.0))
 
 
-def test_um_loss_components_match_definitions():
-    model = make_model("um", r_act=3, r_bkg=2, margin=5.0, alpha=0.1, beta=0.3).eval()
+@pytest.mark.parametrize("video_loss", ["bce", "ce"])
+def test_um_loss_components_match_definitions(video_loss):
+    model = make_model("um", r_act=3, r_bkg=2, margin=5.0, um_weight=0.1, be_weight=0.3, video_loss=video_loss).eval()
     features, mask, labels = make_batch()
     with torch.no_grad():
         out = model(features, mask)
@@ -147,13 +158,46 @@ def test_um_loss_components_match_definitions():
     for i, n in enumerate(LENGTHS):
         order = mag[i, :n].argsort(descending=True)
         act, bkg = order[: max(1, n // 3)], order.flip(0)[: max(1, n // 2)]
-        pooled = s[i, :n].topk(max(1, n // 3), dim=0).values.mean(0)
-        cls.append(-(labels[i] / labels[i].sum() * torch.log_softmax(pooled, -1)).sum())
+        p_act = torch.softmax(s[i, :n].topk(max(1, n // 3), dim=0).values.mean(0), -1)
+        p_bkg = torch.softmax(s[i, bkg].mean(0), -1)
+        target = labels[i] / labels[i].sum()
+        if video_loss == "bce":  # averaged over the C classes
+            cls.append(-(target * p_act.log() + (1 - target) * (1 - p_act).log()).mean())
+            be.append(-(p_bkg.log() / C + (1 - 1 / C) * (1 - p_bkg).log()).mean())
+        else:
+            cls.append(-(target * p_act.log()).sum())
+            be.append(-p_bkg.log().mean())
         um.append((torch.relu(5.0 - f[i, act].mean(0).norm()) + f[i, bkg].mean(0).norm()) ** 2)
-        be.append(-torch.log_softmax(s[i, bkg].mean(0), -1).mean())
     for key, parts in (("cls", cls), ("um", um), ("be", be)):
         torch.testing.assert_close(losses[key], torch.stack(parts).mean())
     torch.testing.assert_close(losses["total"], losses["cls"] + 0.1 * losses["um"] + 0.3 * losses["be"])
+
+
+def test_um_attention_is_the_normalised_magnitude():
+    """Eval mode: (||F_t|| - g_bkg) / (g_act - g_bkg) clipped to [0, 1], g the mean magnitudes of
+    the pseudo action (top T // r_act) and background (bottom T // r_bkg) snippets."""
+    model = make_model("um", r_act=3, r_bkg=2).eval()
+    features, mask, _ = make_batch()
+    with torch.no_grad():
+        out = model(features, mask)
+    for i, n in enumerate(LENGTHS):
+        mag = out["magnitude"][i, :n].sort(descending=True).values
+        g_act, g_bkg = mag[: max(1, n // 3)].mean(), mag.flip(0)[: max(1, n // 2)].mean()
+        expected = ((out["magnitude"][i, :n] - g_bkg) / (g_act - g_bkg)).clamp(0, 1)
+        torch.testing.assert_close(out["attention"][i, :n], expected)
+
+
+def test_um_keep_restricts_the_mining():
+    """A given keep mask: only kept snippets are mined while enough of them score above 0."""
+    model = make_model("um", r_act=4, r_bkg=4).eval()
+    features, mask, _ = make_batch()
+    keep = mask.clone()
+    keep[:, ::2] = False
+    with torch.no_grad():
+        out = model(features, mask, keep=keep)
+    for key in ("act_weights", "bkg_weights"):
+        assert (out[key][~keep] == 0).all()
+        torch.testing.assert_close(out[key].sum(1), torch.ones(len(LENGTHS)))
 
 
 def test_um_selection_dropout_only_in_training():
@@ -211,12 +255,14 @@ def test_co2net_loss_components_match_definitions():
         for key, x, bg in (("orig", s[i, :n], 1.0), ("supp", s_fg, 0.0)):
             target = torch.cat([labels[i], torch.tensor([bg])])
             pooled = x.topk(k, dim=0).values.mean(0)
-            parts[key].append(-(target / target.sum() * torch.log_softmax(pooled, -1)).sum())
+            parts[key].append(-(target / (target.sum() + 1e-4) * torch.log_softmax(pooled, -1)).sum())
         background = torch.softmax(s[i, :n], -1)[:, -1]
         parts["norm"].append(torch.stack([x[i, :n].mean() for x in (a, ar, af)]).mean())
         parts["guide"].append(torch.stack([(1 - x[i, :n] - background).abs().mean() for x in (a, ar, af)]).mean())
     for key, values in parts.items():
         torch.testing.assert_close(losses[key], torch.stack(values).mean())
+    # the batch's one pair (videos 0 and 1) shares no class, so the co-activity term is 0
+    assert losses["coactivity"] == 0
     expected = losses["orig"] + losses["supp"] + 2.0 * losses["mutual"] + 0.5 * losses["norm"] + 0.25 * losses["guide"]
     torch.testing.assert_close(losses["total"], expected)
 
@@ -231,7 +277,7 @@ def test_co2net_modalities_are_the_two_halves():
         changed = model(flow_changed, mask)
         # the RGB-main stream's attention depends on flow only through its filter
         x = features.transpose(1, 2)
-        ar_base, _ = model.rgb_main(x[:, : D // 2], x[:, D // 2 :], mask, mask[:, None].float())
+        ar_base, _ = model.rgb_consensus(x[:, : D // 2], x[:, D // 2 :], mask, mask[:, None].float())
     torch.testing.assert_close(base["attention_rgb"], ar_base)
     assert not torch.allclose(base["attention_flow"], changed["attention_flow"])
 

@@ -1,4 +1,5 @@
-"""Masked pooling over time, video-level cross-entropy and a gradient-scaling op.
+"""Masked pooling over time, video-level cross-entropy, the co-activity similarity loss and a
+gradient-scaling op.
 
 Shapes: B videos, T snippets (padded), K channels. ``mask`` is ``[B, T]`` bool,
 True on real snippets; padded snippets never enter a pooled value or its
@@ -9,7 +10,11 @@ without any pools to 0).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+COACTIVITY_MARGIN = 0.5  # hinge margin of the co-activity similarity loss [W-TALC, CO2-Net code]
+COSINE_EPS = 1e-12  # floor of |u| |v| in a cosine, keeps an all-zero feature finite [ours]
 
 
 def _expand(mask: Tensor, x: Tensor) -> Tensor:
@@ -56,6 +61,43 @@ def video_cross_entropy(logits: Tensor, target: Tensor, eps: float = 0.0) -> Ten
     """
     target = target / (target.sum(-1, keepdim=True) + eps).clamp(min=1e-8)
     return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def _cosine_distance(u: Tensor, v: Tensor) -> Tensor:
+    """1 - cosine of u and v [P, H, K] over H -> [P, K]."""
+    return 1 - (u * v).sum(1) / (u.norm(dim=1) * v.norm(dim=1)).clamp(min=COSINE_EPS)
+
+
+def co_activity_loss(features: Tensor, logits: Tensor, labels: Tensor, mask: Tensor, pairs: int) -> Tensor:
+    """The co-activity similarity loss of W-TALC (also CO2-Net's) over the same-class pairs
+    (2i, 2i+1), i < ``pairs``, at the start of the batch.
+
+    features [B, T, H], logits [B, T, K], labels [B, K] multi-hot (0 for a background channel),
+    mask [B, T] -> scalar. Per video and channel, attention over its real snippets
+    ``A = softmax_t(logits)``; high- and low-attention features ``Hf = X^T A`` and
+    ``Lf = X^T (1 - A) / max(T_real - 1, 1)`` [H, K]; with ``d = 1 - cos``:
+    ``0.5 [d(Hf_a, Hf_b) - d(Hf_a, Lf_b) + 0.5]_+ + 0.5 [d(Hf_a, Hf_b) - d(Hf_b, Lf_a) + 0.5]_+``
+    summed over the pairs' shared channels and divided by their number. Uses
+    ``min(pairs, B // 2)`` pairs; 0 when no pair shares a channel (the authors' code divides 0 by 0).
+    """
+    pairs = min(pairs, features.shape[0] // 2)
+    if pairs == 0:
+        return logits.new_zeros(())
+    n = 2 * pairs
+    x, s, y, m = features[:n], logits[:n], labels[:n], mask[:n]
+    pad = ~m[..., None]  # [2P, T, 1]
+    attention = torch.softmax(s.masked_fill(pad, float("-inf")), dim=1)  # [2P, T, K], 0 on padding
+    others = (m.sum(1) - 1).clamp(min=1).to(s.dtype)  # [2P]
+    x = x.masked_fill(pad, 0.0)
+    high = torch.einsum("bth,btk->bhk", x, attention)  # [2P, H, K]
+    low = torch.einsum("bth,btk->bhk", x, (1 - attention).masked_fill(pad, 0.0)) / others[:, None, None]
+    high_a, high_b, low_a, low_b = high[0::2], high[1::2], low[0::2], low[1::2]  # [P, H, K]
+    d1 = _cosine_distance(high_a, high_b)  # [P, K]
+    d2 = _cosine_distance(high_a, low_b)
+    d3 = _cosine_distance(high_b, low_a)
+    shared = y[0::2] * y[1::2]  # [P, K]
+    hinge = 0.5 * F.relu(d1 - d2 + COACTIVITY_MARGIN) + 0.5 * F.relu(d1 - d3 + COACTIVITY_MARGIN)
+    return (hinge * shared).sum() / shared.sum().clamp(min=1)
 
 
 class _GradScale(torch.autograd.Function):

@@ -7,5 +7,6 @@ from wtal.models import um  # noqa: F401  (registers "um")
 from wtal.models import co2net  # noqa: F401  (registers "co2net")
 from wtal.models import mil  # noqa: F401  (registers "mil")
 from wtal.models import basnet  # noqa: F401  (registers "basnet")
+from wtal.models import wtalc  # noqa: F401  (registers "wtalc")
 
 __all__ = ["ModelConfig", "WtalModel", "available_models", "build_model", "register_model"]

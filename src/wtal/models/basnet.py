@@ -1,21 +1,56 @@
 """Background Suppression Network, BaS-Net (Lee et al., AAAI 2020).
 
-Network: a filtering module (conv k=1 -> LeakyReLU -> conv k=1 -> sigmoid) gives the
-foreground attention ``a`` [B, T]; one CAS module (two k=3 convs + LeakyReLU, dropout,
-a bias-free k=1 classifier over C+1 classes, background last) scores the features
-in the base branch (``S_base``) and the attention-weighted features ``a * X`` in the
-suppression branch (``S_supp``): the two branches share every weight.
+Network: a filtering module (conv k=1 D -> 512, LeakyReLU, conv k=1 512 -> 1, sigmoid)
+gives the foreground attention ``a`` [B, T]; one CAS module (conv k=3 D -> 2048,
+LeakyReLU, conv k=3 2048 -> 2048, LeakyReLU, dropout 0.7, bias-free conv k=1 over
+C+1 classes, background last) scores the features in the base branch (``S_base``) and
+the attention-weighted features ``a * X`` in the suppression branch (``S_supp``): the
+two branches share every weight, each draws its own dropout mask. All convs keep
+PyTorch's default initialisation, created in the authors' order (filter, then CAS), so
+one seed gives both implementations the same weights.
 
-Loss: ``L_base + L_supp + alpha * L_norm``. ``L_base`` is the cross-entropy of the top-k
-pooled ``S_base`` against normalize([y, 1]) (every untrimmed video holds background),
-``L_supp`` that of ``S_supp`` against normalize([y, 0]) (the attention has to filter the
-background out); k = max(1, T_real // 8). ``L_norm`` is the L1 norm of the attention
-over the real snippets, averaged over videos, alpha = 1e-4. The paper writes
-categorical cross-entropy, which we use; the authors' code applies BCELoss to the
-softmax probabilities instead.
+Video probabilities ``p = softmax(top-k mean of S over time)`` over the C+1 channels,
+k = T_real // topk_r (the authors' k = 750 // 8 on their fixed 750 snippets; we floor
+at 1, where the authors' mean of nothing would be NaN).
 
-Scores come from the suppression branch: softmax over the C+1 channels, action
-channels kept, and the attention.
+Loss: ``L_base + L_supp + norm_weight * L_norm``. Targets: ``L_base`` against
+normalize([y, 1]) (every untrimmed video holds background), ``L_supp`` against
+normalize([y, 0]) (the attention has to filter the background out); a video without
+labels gets a zero suppression target (the authors' would divide by 0). With
+``cls_loss="bce"`` (default, the authors' code) each term is the binary cross-entropy of
+``p`` against the target, averaged over videos and all C+1 channels (log clamped at -100,
+as PyTorch's BCELoss); ``cls_loss="ce"`` is the paper's categorical cross-entropy
+``-sum_c target_c log p_c``, averaged over videos. ``L_norm`` is the L1 norm of the
+attention over the real snippets, averaged over videos; norm_weight = 1e-4.
+
+Scores (what the authors' test code thresholds): ``cas`` is ``S_supp`` normalised per
+video and class over the real snippets as the authors do, ``(S - relu(min)) / (relu(max)
+- relu(min))`` with a non-positive denominator replaced by 1: at most 1, negative exactly
+where ``S`` < 0 (not clipped: the authors upsample it by linear interpolation before
+thresholding, where clipping would move the zero crossings); ``video_scores`` is ``p`` of
+the suppression branch with k = T_real // video_topk_divisor (the authors use their
+training k, divisor 8), action channels; ``attention`` is ``a`` (unused by the authors'
+inference).
+
+Post-processing (``BaSNetConfig.inference_defaults``, the authors' test.py and utils.py as
+far as :mod:`wtal.localize` expresses them): classes with ``video_scores`` >= 0.25;
+proposals where ``cas`` > each of 0, 0.025, ..., 0.225 (the authors: >= the threshold and
+> 0, the same but for exact ties), after 24-fold upsampling; outer-inner contrast with
+margins ceil(0.25 len) before and floor(0.25 len) after; no class-score term (the authors
+add 0.2 x their binarised class score, 0.2 for every segment, which changes no ranking);
+per-class hard NMS at IoU 0.7 with 1 s added to every length and overlap (37.5 upsampled
+snippets of 16/25 s); no cap. Not expressed there: the authors resample every test video to
+750 snippets (index floor(i T / 750)), upsample by linear interpolation instead of repetition,
+take the contrast on the CAS with values below the current threshold set to 0, drop NMS
+boxes at IoU >= 0.7 (not > 0.7), keep no class when none passes (not the best one), and do
+not clip segments to the video's duration.
+
+Training data: the authors resample every training video to exactly 750 snippets, one index
+drawn per position with both ends of its range included (``data.sampling=resample``,
+``data.max_seqlen=750``), so their batches have no padding.
+
+The authors' parameters load through :data:`AUTHORS_STATE_DICT_NAMES`
+(:func:`load_authors_state_dict`).
 
 Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``;
 ``mask`` [B, T] bool marks real snippets.
@@ -24,16 +59,32 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wtal.losses import masked_mean, topk_mean, video_cross_entropy
+from wtal.errors import WtalError
+from wtal.losses import topk_mean, video_cross_entropy
 from wtal.models.base import WtalModel
 from wtal.models.registry import ModelConfig, register_model
 
-NEGATIVE_SLOPE = 0.01  # LeakyReLU slope (PyTorch's default, as in the authors' code) [BaS-Net]
+NEGATIVE_SLOPE = 0.01  # LeakyReLU slope (PyTorch's default, as in the authors' code) [BaS-Net code]
+
+# The authors' state_dict names (model.py: BaS_Net) -> ours.
+AUTHORS_STATE_DICT_NAMES = {
+    "filter_module.conv_1.0.weight": "filter_hidden.weight",
+    "filter_module.conv_1.0.bias": "filter_hidden.bias",
+    "filter_module.conv_2.0.weight": "filter_out.weight",
+    "filter_module.conv_2.0.bias": "filter_out.bias",
+    "cas_module.conv_1.0.weight": "cas_conv1.weight",
+    "cas_module.conv_1.0.bias": "cas_conv1.bias",
+    "cas_module.conv_2.0.weight": "cas_conv2.weight",
+    "cas_module.conv_2.0.bias": "cas_conv2.bias",
+    "cas_module.conv_3.0.weight": "classifier.weight",
+}
 
 
 @dataclass
@@ -43,7 +94,29 @@ class BaSNetConfig(ModelConfig):
     attention_dim: int = 512  # hidden width of the filtering module [BaS-Net]
     dropout: float = 0.7  # dropout before the classifier [BaS-Net]
     topk_r: int = 8  # top-k pooling, k = max(1, T_real // topk_r) [BaS-Net]
-    alpha: float = 1e-4  # weight of the L1 norm of the attention [BaS-Net]
+    norm_weight: float = 1e-4  # weight of L_norm, the L1 norm of the attention (authors' --alpha) [BaS-Net]
+    cls_loss: str = "bce"  # bce: BCE on the softmax probabilities [BaS-Net code] | ce: cross-entropy [BaS-Net paper]
+
+    # The authors' post-processing (test.py, utils.get_proposal_oic and utils.nms; module docstring for
+    # what wtal.localize does not express); inference.* keys override.
+    inference_defaults: ClassVar[dict] = {
+        "class_threshold": 0.25,
+        "video_topk_divisor": 8,
+        "proposal_source": "cas",
+        "thresholds": [float(t) for t in np.arange(0.0, 0.25, 0.025)],
+        "normalize": False,
+        "inclusive": False,
+        "upsample": 24,
+        "min_length": 0,
+        "outer_margin": 0.25,
+        "margin_rule": "ceil_floor",
+        "class_score_weight": 0.0,
+        "dedup": False,
+        "nms": "nms",
+        "nms_iou": 0.7,
+        "nms_length_offset": 37.5,
+        "max_per_video": 0,
+    }
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
@@ -51,12 +124,18 @@ class BaSNetConfig(ModelConfig):
             source,
             counts=("embed_dim", "attention_dim", "topk_r"),
             probabilities=("dropout",),
-            non_negative=("alpha",),
+            non_negative=("norm_weight",),
+            choices={"cls_loss": ("bce", "ce")},
         )
 
 
 def _act(x: Tensor) -> Tensor:
     return F.leaky_relu(x, NEGATIVE_SLOPE)
+
+
+def _normalise(target: Tensor) -> Tensor:
+    """Rows of target [B, K] scaled to sum 1 (rows of zeros stay zero)."""
+    return target / target.sum(-1, keepdim=True).clamp(min=1e-8)
 
 
 @register_model("basnet", BaSNetConfig)
@@ -76,7 +155,8 @@ class BaSNet(WtalModel):
     def classify(self, x: Tensor, m: Tensor) -> Tensor:
         """The shared CAS module: x [B, D, T], m [B, 1, T] float -> logits [B, T, C+1].
 
-        Inputs of each k=3 conv are zeroed on padding so padded snippets never reach real ones."""
+        Inputs of each k=3 conv are zeroed on padding, so a real snippet next to padding sees
+        the zeros of the authors' conv padding and padded snippets never reach real ones."""
         y = _act(self.cas_conv1(x * m))
         y = _act(self.cas_conv2(y * m))
         return self.classifier(self.dropout(y)).transpose(1, 2)
@@ -93,27 +173,51 @@ class BaSNet(WtalModel):
             "supp_logits": self.classify(x * attention, m),
         }
 
+    def video_probabilities(self, logits: Tensor, mask: Tensor) -> Tensor:
+        """logits [B, T, C+1] -> softmax over the C+1 channels of the top-k mean over time [B, C+1]."""
+        return torch.softmax(topk_mean(logits, mask, self.cfg.topk_r), -1)
+
+    def _video_loss(self, logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """One branch's classification loss against ``target`` [B, C+1] (normalised here) -> scalar."""
+        if self.cfg.cls_loss == "ce":
+            return video_cross_entropy(topk_mean(logits, mask, self.cfg.topk_r), target)
+        return F.binary_cross_entropy(self.video_probabilities(logits, mask), _normalise(target))
+
     def loss(self, outputs: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """labels [B, C] multi-hot -> {"total", "base", "supp", "norm"} scalars."""
-        r = self.cfg.topk_r
         ones, zeros = labels.new_ones(labels.shape[0], 1), labels.new_zeros(labels.shape[0], 1)
-        base = video_cross_entropy(topk_mean(outputs["base_logits"], mask, r), torch.cat([labels, ones], 1))
-        supp = video_cross_entropy(topk_mean(outputs["supp_logits"], mask, r), torch.cat([labels, zeros], 1))
+        base = self._video_loss(outputs["base_logits"], torch.cat([labels, ones], 1), mask)
+        supp = self._video_loss(outputs["supp_logits"], torch.cat([labels, zeros], 1), mask)
         attention = outputs["attention"]
-        norm = (masked_mean(attention, mask) * mask.sum(1).to(attention.dtype)).mean()  # L1 over real snippets
-        total = base + supp + self.cfg.alpha * norm
+        norm = torch.where(mask, attention, torch.zeros_like(attention)).abs().sum(1).mean()  # L1 over real snippets
+        total = base + supp + self.cfg.norm_weight * norm
         return {"total": total, "base": base, "supp": supp, "norm": norm}
 
     def scores(
         self, outputs: dict[str, Tensor], mask: Tensor, video_topk_divisor: int = 10
     ) -> dict[str, Tensor]:
-        """attention [B, T]; cas [B, T, C]: softmax of S_supp over the C+1 channels, action channels;
-        video_scores [B, C]: the same for the top-k mean of S_supp (k = max(1, T_real //
-        video_topk_divisor)). Padded positions are 0."""
-        s = outputs["supp_logits"]
-        m = mask.to(s.dtype)
+        """attention [B, T]; cas [B, T, C]: S_supp normalised as the authors do (module docstring),
+        <= 1 and negative where S_supp < 0; video_scores [B, C]: softmax over the C+1 channels of
+        the top-k mean of S_supp (k = max(1, T_real // video_topk_divisor); the authors' divisor
+        is 8), action channels. Padded positions are 0."""
+        s = outputs["supp_logits"][..., :-1]  # [B, T, C]
+        real = mask[..., None]  # [B, T, 1]
+        low = torch.where(real, s, torch.full_like(s, float("inf"))).amin(1, keepdim=True).clamp(min=0)  # [B, 1, C]
+        high = torch.where(real, s, torch.full_like(s, float("-inf"))).amax(1, keepdim=True).clamp(min=0)
+        span = high - low
+        span = torch.where(span > 0, span, torch.ones_like(span))
+        cas = torch.where(real, (s - low) / span, torch.zeros_like(s))
+        pooled = topk_mean(outputs["supp_logits"], mask, video_topk_divisor)
         return {
-            "attention": outputs["attention"] * m,
-            "cas": torch.softmax(s, -1)[..., :-1] * m[..., None],
-            "video_scores": torch.softmax(topk_mean(s, mask, video_topk_divisor), -1)[:, :-1],
+            "attention": outputs["attention"] * mask.to(s.dtype),
+            "cas": cas,
+            "video_scores": torch.softmax(pooled, -1)[:, :-1],
         }
+
+
+def load_authors_state_dict(model: BaSNet, state: Mapping[str, Tensor]) -> None:
+    """Load parameters saved under the authors' names (``BaS_Net.state_dict()``) into ``model``."""
+    unknown = sorted(set(state) - set(AUTHORS_STATE_DICT_NAMES))
+    if unknown:
+        raise WtalError(f"BaS-Net state_dict: unknown authors' parameter names {unknown}")
+    model.load_state_dict({AUTHORS_STATE_DICT_NAMES[name]: value for name, value in state.items()})

@@ -68,13 +68,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wtal.errors import WtalError
-from wtal.losses import masked_mean, topk_mean, video_cross_entropy
+from wtal.losses import co_activity_loss, masked_mean, topk_mean, video_cross_entropy
 from wtal.models.base import WtalModel
 from wtal.models.registry import ModelConfig, register_model
 
 NEGATIVE_SLOPE = 0.2  # LeakyReLU slope [CO2-Net]
 LABEL_EPS = 1e-4  # added to the label sum before normalising the MIL targets [CO2-Net code]
-COACTIVITY_MARGIN = 0.5  # hinge margin of the co-activity similarity loss [CO2-Net code]
 
 # The authors' state_dict module names -> wtal's (each maps ``<name>.weight`` and ``<name>.bias``).
 AUTHORS_NAMES = {
@@ -161,38 +160,6 @@ def mutual_loss(a_rgb: Tensor, a_flow: Tensor, mask: Tensor) -> Tensor:
     return 0.5 * masked_mean(to_flow, mask).mean() + 0.5 * masked_mean(to_rgb, mask).mean()
 
 
-def _cosine_distance(u: Tensor, v: Tensor) -> Tensor:
-    """1 - cos(u, v) over dim 1: u, v [P, D, K] -> [P, K]."""
-    return 1 - (u * v).sum(1) / (u.norm(dim=1) * v.norm(dim=1))
-
-
-def coactivity_loss(features: Tensor, logits: Tensor, labels: Tensor, mask: Tensor, pairs: int) -> Tensor:
-    """Co-activity similarity loss over the same-class pairs (2i, 2i+1), i < ``pairs``.
-
-    features [B, T, D], logits [B, T, K] (background channel included, its label 0), labels
-    [B, K - 1] multi-hot, mask [B, T] -> scalar (0 when no pair shares a class).
-    """
-    pairs = min(pairs, features.shape[0] // 2)
-    if pairs == 0:
-        return features.new_zeros(())
-    m = mask[: 2 * pairs, :, None].to(features.dtype)  # [2P, T, 1]
-    x = features[: 2 * pairs] * m
-    atn = torch.softmax(logits[: 2 * pairs].masked_fill(m == 0, float("-inf")), dim=1)  # [2P, T, K] over time
-    rest = (mask[: 2 * pairs].sum(1) - 1).clamp(min=1).to(features.dtype)  # [2P]
-    high = torch.einsum("btd,btk->bdk", x, atn)  # [2P, D, K]
-    low = torch.einsum("btd,btk->bdk", x, (1 - atn) * m) / rest[:, None, None]
-    h1, h2, l1, l2 = high[0::2], high[1::2], low[0::2], low[1::2]  # [P, D, K] each
-    both = labels[0 : 2 * pairs : 2] * labels[1 : 2 * pairs : 2]  # [P, C]
-    both = torch.cat([both, both.new_zeros(pairs, logits.shape[-1] - labels.shape[-1])], 1)  # background: 0
-    d_same = _cosine_distance(h1, h2)
-    hinge = F.relu(d_same - _cosine_distance(h1, l2) + COACTIVITY_MARGIN)
-    hinge = hinge + F.relu(d_same - _cosine_distance(h2, l1) + COACTIVITY_MARGIN)
-    count = both.sum()
-    if count == 0:
-        return features.new_zeros(())
-    return (0.5 * hinge * both).sum() / count
-
-
 class ConsensusModule(nn.Module):
     """Filters the main modality [B, d, T] with a gate built from both; has its own attention head."""
 
@@ -274,7 +241,8 @@ class CO2Net(WtalModel):
         ones, zeros = labels.new_ones(labels.shape[0], 1), labels.new_zeros(labels.shape[0], 1)
         orig = video_cross_entropy(topk_mean(s, mask, cfg.topk_r), torch.cat([labels, ones], 1), LABEL_EPS)
         supp = video_cross_entropy(topk_mean(s_fg, mask, cfg.topk_r), torch.cat([labels, zeros], 1), LABEL_EPS)
-        coactivity = coactivity_loss(outputs["fused"], s_fg, labels, mask, cfg.similar_pairs)
+        # background is no shared class of a pair: its label column is 0
+        coactivity = co_activity_loss(outputs["fused"], s_fg, torch.cat([labels, zeros], 1), mask, cfg.similar_pairs)
         a, a_rgb, a_flow = outputs["attention"], outputs["attention_rgb"], outputs["attention_flow"]
         mutual = mutual_loss(a_rgb, a_flow, mask)
         background = torch.softmax(s, -1)[..., -1]  # [B, T]

@@ -1,0 +1,155 @@
+"""W-TALC (Paul, Roy, Roy-Chowdhury, ECCV 2018): k-max MIL loss + co-activity similarity loss.
+
+Network (the authors' code): a fully connected layer D -> H on each snippet, ReLU,
+dropout (0.7), then a linear classifier H -> C over the action classes (no background
+channel): embedding ``X`` [B, T, H] (after dropout), class activation logits ``S`` [B, T, C].
+Linear weights are Xavier-uniform, biases zero. (The authors' module also builds a second
+D -> D layer that its forward never uses; it has no counterpart here.)
+
+Loss: ``mil_weight * L_mil + casl_weight * L_casl`` (the authors' Lambda and 1 - Lambda).
+* ``L_mil``: cross-entropy of softmax(mean of the k largest S over the real snippets)
+  against the multi-hot labels normalised to sum 1, ``k = ceil(T_real / 8)``, averaged
+  over the videos.
+* ``L_casl``: the first ``2 * similar_pairs`` videos of the batch are ``similar_pairs`` pairs
+  (2p, 2p+1) sampled to share a class. Per video and class, attention over its real
+  snippets ``A = softmax_t(S)``; high- and low-attention features ``Hf = X^T A`` and
+  ``Lf = X^T (1 - A) / max(T_real - 1, 1)`` [H, C]; cosine distances
+  ``d1 = 1 - cos(Hf_a, Hf_b)``, ``d2 = 1 - cos(Hf_a, Lf_b)``, ``d3 = 1 - cos(Hf_b, Lf_a)``;
+  ``L_casl = sum over pairs and shared classes of 0.5 [d1 - d2 + 0.5]_+ + 0.5 [d1 - d3 + 0.5]_+``
+  divided by the number of (pair, shared class) terms.
+
+Departures, none of which changes a value the authors' code computes on a batch without
+padding and with at least one shared class among its pairs: the authors take each video's
+length from its non-zero feature rows, here the mask gives it; when the batch holds fewer
+than ``2 * similar_pairs`` videos, its ``B // 2`` leading pairs are used; when no pair shares a
+class (the authors divide 0 by 0), ``L_casl`` is 0; each cosine's denominator is floored at
+``wtal.losses.COSINE_EPS``; the sampler (``wtal.data.sampling``) draws the two videos of a
+pair without replacement, where W-TALC's code may draw one video twice.
+
+Scores: W-TALC localises on the raw logits ``S`` (per class, per video: snippets above the
+midpoint of ``S[:, c]``'s range). ``cas`` is ``S`` min-max normalised per class over each
+video's real snippets, so that threshold is 0.5 of ``cas``; ``attention`` is its max over
+the classes; ``video_scores`` is sigmoid of the top-k mean of ``S``, above 0.5 exactly
+where that mean is positive (W-TALC keeps a class when its top-(T/8) mean logit is > 0).
+
+Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``;
+``mask`` [B, T] bool marks real snippets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wtal.errors import WtalError
+from wtal.losses import co_activity_loss, topk_mean, video_cross_entropy
+from wtal.models.base import WtalModel
+from wtal.models.registry import ModelConfig, register_model
+
+
+# The authors' state_dict names -> ours (None: a parameter their forward never uses).
+AUTHORS_STATE_DICT_NAMES: dict[str, str | None] = {
+    "fc.weight": "fc.weight",
+    "fc.bias": "fc.bias",
+    "fc1.weight": None,
+    "fc1.bias": None,
+    "classifier.weight": "classifier.weight",
+    "classifier.bias": "classifier.bias",
+}
+
+
+@dataclass
+class WTALCConfig(ModelConfig):
+    name: str = "wtalc"
+    embed_dim: int = 2048  # width H of the fully connected layer (authors: D -> D, I3D D = 2048) [W-TALC code]
+    dropout: float = 0.7  # dropout after the fully connected layer [W-TALC code]
+    topk_r: int = 8  # k-max MIL pooling, k = ceil(T_real / topk_r) [W-TALC code]
+    similar_pairs: int = 3  # same-class pairs at the start of each training batch, used by L_casl (0: none) [W-TALC code]
+    mil_weight: float = 0.5  # weight of L_mil (Lambda) [W-TALC code]
+    casl_weight: float = 0.5  # weight of L_casl (1 - Lambda) [W-TALC code]
+
+    def validate(self, source: str = "config") -> None:
+        """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
+        self.check(
+            source,
+            counts=("embed_dim", "topk_r"),
+            probabilities=("dropout",),
+            non_negative=("mil_weight", "casl_weight", "similar_pairs"),
+        )
+
+
+def topk_mean_ceil(x: Tensor, mask: Tensor, r: int) -> Tensor:
+    """Mean of the k largest real values over time, k = ceil(T_real / r) per video.
+
+    x [B, T, C], mask [B, T] -> [B, C]; each channel picks its own top k.
+    """
+    lengths = mask.sum(1)  # [B]
+    k = (lengths + r - 1) // r  # [B]
+    k_max = (x.shape[1] + r - 1) // r  # bounds every k without a device sync
+    top = x.masked_fill(~mask[..., None], float("-inf")).topk(k_max, dim=1).values  # [B, k_max, C]
+    keep = torch.arange(k_max, device=x.device)[None, :] < k[:, None]  # [B, k_max]
+    top = torch.where(keep[..., None], top, torch.zeros((), dtype=x.dtype, device=x.device))
+    return top.sum(1) / k.clamp(min=1)[:, None].to(x.dtype)
+
+
+def load_authors_state_dict(model: "WTALC", state: Mapping[str, Tensor]) -> None:
+    """Copy a state_dict of the authors' ``Model`` into ``model`` via :data:`AUTHORS_STATE_DICT_NAMES`."""
+    ours = {}
+    for name, value in state.items():
+        if name not in AUTHORS_STATE_DICT_NAMES:
+            raise WtalError(f"W-TALC state_dict: unknown parameter {name!r}")
+        if AUTHORS_STATE_DICT_NAMES[name] is not None:
+            ours[AUTHORS_STATE_DICT_NAMES[name]] = torch.as_tensor(value)
+    model.load_state_dict(ours, strict=True)
+
+
+@register_model("wtalc", WTALCConfig)
+class WTALC(WtalModel):
+    """Per-snippet fully connected layer + C-way classifier, trained with L_mil and L_casl."""
+
+    def __init__(self, cfg: WTALCConfig, in_dim: int, num_classes: int):
+        super().__init__(cfg, num_classes)
+        self.fc = nn.Linear(in_dim, cfg.embed_dim)
+        self.classifier = nn.Linear(cfg.embed_dim, num_classes)
+        self.dropout = nn.Dropout(cfg.dropout)
+        for layer in (self.fc, self.classifier):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """features [B, T, D], mask [B, T] -> embedding X [B, T, H] (0 on padding), cas_logits S [B, T, C]."""
+        real = mask[..., None]
+        x = self.dropout(F.relu(self.fc(features.masked_fill(~real, 0.0))))  # [B, T, H]
+        x = x.masked_fill(~real, 0.0)
+        return {"embedding": x, "cas_logits": self.classifier(x)}
+
+    def loss(self, outputs: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """labels [B, C] multi-hot, the first 2 similar_pairs videos in same-class pairs
+        -> {"total", "mil", "casl"} scalars."""
+        cfg = self.cfg
+        s = outputs["cas_logits"]
+        mil = video_cross_entropy(topk_mean_ceil(s, mask, cfg.topk_r), labels)
+        casl = co_activity_loss(outputs["embedding"], s, labels, mask, cfg.similar_pairs)
+        return {"total": cfg.mil_weight * mil + cfg.casl_weight * casl, "mil": mil, "casl": casl}
+
+    def scores(
+        self, outputs: dict[str, Tensor], mask: Tensor, video_topk_divisor: int = 10
+    ) -> dict[str, Tensor]:
+        """cas [B, T, C]: S min-max normalised per class over each video's real snippets (0 where
+        S[:, c] is constant); attention [B, T]: max over classes of cas; video_scores [B, C]:
+        sigmoid of the top-k mean of S (k = max(1, T_real // video_topk_divisor)). Padded positions are 0."""
+        s = outputs["cas_logits"]
+        real = mask[..., None]
+        low = s.masked_fill(~real, float("inf")).amin(1, keepdim=True)  # [B, 1, C]
+        high = s.masked_fill(~real, float("-inf")).amax(1, keepdim=True)
+        span = high - low
+        cas = torch.where(real & (span > 0), (s - low) / span.clamp(min=torch.finfo(s.dtype).tiny), 0.0)
+        return {
+            "attention": cas.amax(-1),
+            "cas": cas,
+            "video_scores": torch.sigmoid(topk_mean(s, mask, video_topk_divisor)),
+        }

@@ -1,0 +1,140 @@
+"""BaS-Net parity: wtal's model against numbers from the authors' code (tests/fixtures/parity_basnet.npz).
+
+The fixture holds the authors' BaS_Net (Pilhyeon/BaSNet-pytorch, widths patched to 16 / 24) at
+its seeded default initialisation, a batch of 4 videos x 32 snippets x 32 features with 5
+classes, the eval-mode forward outputs, the authors' test-time min-max normalisation of the
+suppression CAS and every term of BaS_Net_loss (alpha 1e-4). See tests/fixtures/README.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wtal.errors import WtalError
+from wtal.models import build_model
+from wtal.models.basnet import AUTHORS_STATE_DICT_NAMES, BaSNetConfig, load_authors_state_dict
+
+torch.set_num_threads(1)
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "parity_basnet.npz"
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+LOSS_KEYS = {"total": "loss_total", "base": "loss_base", "supp": "loss_supp", "norm": "loss_norm"}
+EXTRA = 5  # padded snippets appended to every video in the padded check
+
+
+@pytest.fixture(scope="module")
+def ref() -> dict[str, torch.Tensor]:
+    with np.load(FIXTURE) as data:
+        return {key: torch.from_numpy(np.asarray(data[key])) for key in data.files}
+
+
+def authors_state(ref) -> dict[str, torch.Tensor]:
+    return {key[len("param/") :]: value for key, value in ref.items() if key.startswith("param/")}
+
+
+def build(ref, **kw):
+    """wtal's BaS-Net at the fixture's widths, seeded as the authors' model was."""
+    state = authors_state(ref)
+    cfg = BaSNetConfig(
+        embed_dim=state["cas_module.conv_1.0.weight"].shape[0],
+        attention_dim=state["filter_module.conv_1.0.weight"].shape[0],
+        norm_weight=float(ref["alpha"]),
+        **kw,
+    )
+    torch.manual_seed(int(ref["seed"]))
+    _, _, width = ref["features"].shape
+    return build_model(cfg, in_dim=width, num_classes=ref["labels"].shape[1])
+
+
+def loaded(ref, **kw):
+    model = build(ref, **kw)
+    load_authors_state_dict(model, authors_state(ref))
+    return model.eval()
+
+
+def test_mapping_covers_every_parameter(ref):
+    model = build(ref)
+    assert set(authors_state(ref)) == set(AUTHORS_STATE_DICT_NAMES)
+    assert set(AUTHORS_STATE_DICT_NAMES.values()) == set(model.state_dict())
+    with pytest.raises(WtalError, match="cas_module.conv_4.weight"):
+        load_authors_state_dict(model, {**authors_state(ref), "cas_module.conv_4.weight": torch.zeros(1)})
+
+
+def test_seeded_initialisation_matches_the_authors(ref):
+    """Same seed, same default PyTorch initialisation, same creation order -> the same weights."""
+    params = dict(build(ref).named_parameters())
+    for theirs, ours in AUTHORS_STATE_DICT_NAMES.items():
+        torch.testing.assert_close(params[ours].detach(), ref[f"param/{theirs}"], atol=0, rtol=0)
+
+
+def test_default_initialisation_statistics():
+    """PyTorch's Conv1d default: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    (kaiming_uniform_ with a = sqrt(5)); at full width the spread is that of the uniform."""
+    torch.manual_seed(0)
+    model = build_model(BaSNetConfig(embed_dim=256, attention_dim=64), in_dim=128, num_classes=20)
+    for name, p in model.named_parameters():
+        module = getattr(model, name.split(".")[0])
+        bound = 1 / (module.in_channels * module.kernel_size[0]) ** 0.5
+        assert p.abs().max() <= bound, name
+        if p.numel() >= 1000:
+            assert abs(p.std().item() - bound / 3**0.5) < 0.05 * bound, name
+            assert abs(p.mean().item()) < 0.05 * bound, name
+    assert model.classifier.bias is None
+
+
+def test_forward_matches_the_authors(ref):
+    model = loaded(ref)
+    features = ref["features"]
+    mask = torch.ones(features.shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        out = model(features, mask)
+        torch.testing.assert_close(out["attention"], ref["out/fore_weights"][..., 0], **TOL)
+        torch.testing.assert_close(out["base_logits"], ref["out/cas_base"], **TOL)
+        torch.testing.assert_close(out["supp_logits"], ref["out/cas_supp"], **TOL)
+        torch.testing.assert_close(model.video_probabilities(out["base_logits"], mask), ref["out/score_base"], **TOL)
+        torch.testing.assert_close(model.video_probabilities(out["supp_logits"], mask), ref["out/score_supp"], **TOL)
+
+
+def test_loss_matches_the_authors(ref):
+    model = loaded(ref)
+    features, labels = ref["features"], ref["labels"]
+    mask = torch.ones(features.shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        losses = model.loss(model(features, mask), labels, mask)
+    for ours, theirs in LOSS_KEYS.items():
+        torch.testing.assert_close(losses[ours], ref[f"loss/{theirs}"], **TOL)
+
+
+def test_scores_match_the_authors_test_time_quantities(ref):
+    """cas: the authors' min-max normalised suppression CAS (action channels); video_scores: their
+    score_supp (top-k divisor 8)."""
+    model = loaded(ref)
+    features = ref["features"]
+    mask = torch.ones(features.shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        scores = model.scores(model(features, mask), mask, video_topk_divisor=8)
+    torch.testing.assert_close(scores["cas"], ref["out/cas_supp_minmax"][..., :-1], **TOL)
+    torch.testing.assert_close(scores["video_scores"], ref["out/score_supp"][:, :-1], **TOL)
+
+
+def test_padding_changes_nothing(ref):
+    """The fixture batch padded with garbage snippets gives the authors' numbers on the real ones."""
+    model = loaded(ref)
+    features, labels = ref["features"], ref["labels"]
+    b, t, d = features.shape
+    padded = torch.cat([features, torch.full((b, EXTRA, d), 50.0)], 1)
+    mask = torch.arange(t + EXTRA)[None].expand(b, -1) < t
+    with torch.no_grad():
+        out = model(padded, mask)
+        losses = model.loss(out, labels, mask)
+        scores = model.scores(out, mask, video_topk_divisor=8)
+    torch.testing.assert_close(out["supp_logits"][:, :t], ref["out/cas_supp"], **TOL)
+    torch.testing.assert_close(out["base_logits"][:, :t], ref["out/cas_base"], **TOL)
+    for ours, theirs in LOSS_KEYS.items():
+        torch.testing.assert_close(losses[ours], ref[f"loss/{theirs}"], **TOL)
+    torch.testing.assert_close(scores["cas"][:, :t], ref["out/cas_supp_minmax"][..., :-1], **TOL)
+    torch.testing.assert_close(scores["video_scores"], ref["out/score_supp"][:, :-1], **TOL)

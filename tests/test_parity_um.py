@@ -1,0 +1,195 @@
+"""UM parity: wtal's model against numbers from the authors' code (tests/fixtures/parity_um.npz).
+
+The fixture holds the authors' Model (Pilhyeon/WTAL-Uncertainty-Modeling, embedding width
+patched to 32) at its seeded default initialisation, 32 input features, 5 classes, r_act 9,
+r_bkg 4, and UM_loss with margin 13.5, alpha (our um_weight) 0.01, beta (our be_weight) 0.5:
+
+* ``batch/*``: one call on 4 videos x 40 snippets;
+* ``ragged/*``: 4 videos of 37, 29, 18 and 11 snippets, each run alone (zero-padded in the file);
+* ``ragged_eval/*``: the same videos in eval mode with the authors' test-time actionness and
+  normalised CAS (test.py).
+
+Their CAS dropout is off; their snippet dropout of the pseudo action/background selection is on
+and its draw is recorded as ``keep``, which our forward accepts. See tests/fixtures/README.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wtal.errors import WtalError
+from wtal.models import build_model
+from wtal.models.um import AUTHORS_STATE_DICT_NAMES, UMConfig, load_authors_state_dict
+
+torch.set_num_threads(1)
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "parity_um.npz"
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+LOSS_KEYS = {"total": "loss_total", "cls": "loss_cls", "um": "loss_um", "be": "loss_be"}
+EXTRA = 5  # padded snippets appended to the ragged batch
+
+
+@pytest.fixture(scope="module")
+def ref() -> dict[str, torch.Tensor]:
+    with np.load(FIXTURE) as data:
+        return {key: torch.from_numpy(np.asarray(data[key])) for key in data.files}
+
+
+def authors_state(ref) -> dict[str, torch.Tensor]:
+    return {key[len("param/") :]: value for key, value in ref.items() if key.startswith("param/")}
+
+
+def build(ref, **kw):
+    """wtal's UM at the fixture's widths and loss settings, seeded as the authors' model was."""
+    cfg = UMConfig(
+        embed_dim=int(ref["config/h"]),
+        r_act=int(ref["config/r_act"]),
+        r_bkg=int(ref["config/r_bkg"]),
+        margin=float(ref["config/margin"]),
+        um_weight=float(ref["config/alpha"]),
+        be_weight=float(ref["config/beta"]),
+        **kw,
+    )
+    torch.manual_seed(int(ref["config/seed"]))
+    return build_model(cfg, in_dim=int(ref["config/d"]), num_classes=int(ref["config/c"]))
+
+
+def loaded(ref, **kw):
+    model = build(ref, **kw)
+    load_authors_state_dict(model, authors_state(ref))
+    return model.eval()  # the fixture was made with the CAS dropout off
+
+
+def ragged_batch(ref, padding_value: float = 1e3):
+    """The ragged videos as one padded batch (EXTRA more snippets of garbage): features, mask."""
+    lengths = ref["ragged/lengths"]
+    features = torch.nn.functional.pad(ref["ragged/features"], (0, 0, 0, EXTRA))
+    mask = torch.arange(features.shape[1])[None, :] < lengths[:, None]
+    features[~mask] = padding_value
+    return features, mask
+
+
+def padded(x: torch.Tensor) -> torch.Tensor:
+    """A fixture array [B, T, ...] extended with EXTRA zero snippets, as ragged_batch pads."""
+    return torch.cat([x, x.new_zeros((x.shape[0], EXTRA) + x.shape[2:])], 1)
+
+
+def selection_weights(sel: torch.Tensor) -> torch.Tensor:
+    """0/1 selection [B, T] -> weights 1/k on the selected snippets."""
+    return sel / sel.sum(1, keepdim=True)
+
+
+def test_mapping_covers_every_parameter(ref):
+    model = build(ref)
+    assert set(authors_state(ref)) == set(AUTHORS_STATE_DICT_NAMES)
+    assert set(AUTHORS_STATE_DICT_NAMES.values()) == set(model.state_dict())
+    with pytest.raises(WtalError, match="cas_module.conv.1.weight"):
+        load_authors_state_dict(model, {**authors_state(ref), "cas_module.conv.1.weight": torch.zeros(1)})
+
+
+def test_seeded_initialisation_matches_the_authors(ref):
+    """Same seed, same default PyTorch initialisation, same creation order -> the same weights."""
+    params = dict(build(ref).named_parameters())
+    for theirs, ours in AUTHORS_STATE_DICT_NAMES.items():
+        torch.testing.assert_close(params[ours].detach(), ref[f"param/{theirs}"], atol=0, rtol=0)
+
+
+def test_default_initialisation_statistics():
+    """PyTorch's Conv1d default: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    (kaiming_uniform_ with a = sqrt(5)); at full width the spread is that of the uniform."""
+    torch.manual_seed(0)
+    model = build_model(UMConfig(embed_dim=256), in_dim=128, num_classes=20)
+    for name, p in model.named_parameters():
+        module = getattr(model, name.split(".")[0])
+        bound = 1 / (module.in_channels * module.kernel_size[0]) ** 0.5
+        assert p.abs().max() <= bound, name
+        if p.numel() >= 1000:
+            assert abs(p.std().item() - bound / 3**0.5) < 0.05 * bound, name
+            assert abs(p.mean().item()) < 0.05 * bound, name
+    assert model.classifier.bias is None
+
+
+def padded_like(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A fixture array extended with zero snippets to the mask's length."""
+    return x if x.shape[1] == mask.shape[1] else padded(x)
+
+
+def check_forward(out, ref, part: str, mask: torch.Tensor) -> None:
+    """Forward outputs against the authors' (padding of the fixture arrays is masked out)."""
+    m = mask[..., None].float()
+    torch.testing.assert_close(out["embedding"] * m, padded_like(ref[f"{part}/embedding"], mask), **TOL)
+    torch.testing.assert_close(out["cas_logits"] * m, padded_like(ref[f"{part}/cas"], mask), **TOL)
+    cas_softmax = torch.softmax(out["cas_logits"], -1) * m
+    torch.testing.assert_close(cas_softmax, padded_like(ref[f"{part}/cas_softmax"], mask), **TOL)
+    torch.testing.assert_close(torch.softmax(out["video_logits"], -1), ref[f"{part}/score_act"], **TOL)
+    torch.testing.assert_close(torch.softmax(out["bkg_logits"], -1), ref[f"{part}/score_bkg"], **TOL)
+    for key in ("act", "bkg"):
+        expected = padded_like(selection_weights(ref[f"{part}/{key}_sel"]), mask)
+        torch.testing.assert_close(out[f"{key}_weights"], expected, atol=0, rtol=0)
+
+
+def test_forward_matches_the_authors(ref):
+    model = loaded(ref)
+    features = ref["batch/features"]
+    mask = torch.ones(features.shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        out = model(features, mask, keep=ref["batch/keep"].bool())
+    check_forward(out, ref, "batch", mask)
+
+
+def test_loss_matches_the_authors(ref):
+    model = loaded(ref)
+    features, labels = ref["batch/features"], ref["batch/labels"]
+    mask = torch.ones(features.shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        losses = model.loss(model(features, mask, keep=ref["batch/keep"].bool()), labels, mask)
+    for ours, theirs in LOSS_KEYS.items():
+        torch.testing.assert_close(losses[ours], ref[f"batch/{theirs}"], **TOL)
+
+
+def test_padded_batch_matches_the_authors_videos_run_alone(ref):
+    """Videos of different lengths padded with garbage into one batch: every output and loss term
+    equals the authors' per-video runs (each UM loss term is a mean over videos)."""
+    model = loaded(ref)
+    features, mask = ragged_batch(ref)
+    with torch.no_grad():
+        out = model(features, mask, keep=padded(ref["ragged/keep"]).bool())
+        losses = model.loss(out, ref["ragged/labels"], mask)
+    check_forward(out, ref, "ragged", mask)
+    for ours, theirs in LOSS_KEYS.items():
+        torch.testing.assert_close(losses[ours], ref[f"ragged/{theirs}_per_video"].mean(), **TOL)
+
+
+def test_scores_match_the_authors_test_time_quantities(ref):
+    """Eval mode (every snippet may be mined): attention is the authors' actionness
+    (magnitudes normalised between the pseudo background and action means), cas their min-max
+    normalised softmax(S) * actionness, video_scores their score_act (top-k divisor r_act)."""
+    model = loaded(ref)
+    features, mask = ragged_batch(ref)
+    with torch.no_grad():
+        out = model(features, mask)
+        scores = model.scores(out, mask, video_topk_divisor=int(ref["config/r_act"]))
+    for key in ("act", "bkg"):
+        expected = padded(selection_weights(ref[f"ragged_eval/{key}_sel"]))
+        torch.testing.assert_close(out[f"{key}_weights"], expected, atol=0, rtol=0)
+    torch.testing.assert_close(torch.softmax(out["bkg_logits"], -1), ref["ragged_eval/score_bkg"], **TOL)
+    torch.testing.assert_close(scores["attention"], padded(ref["ragged_eval/actionness"]), **TOL)
+    torch.testing.assert_close(scores["cas"], padded(ref["ragged_eval/cas_norm"]), **TOL)
+    torch.testing.assert_close(scores["video_scores"], ref["ragged_eval/score_act"], **TOL)
+
+
+def test_categorical_option_is_not_the_authors_loss(ref):
+    """video_loss=ce (wtal's former loss) changes L_cls and L_be but not L_um."""
+    features, labels = ref["batch/features"], ref["batch/labels"]
+    mask = torch.ones(features.shape[:2], dtype=torch.bool)
+    keep = ref["batch/keep"].bool()
+    with torch.no_grad():
+        model = loaded(ref, video_loss="ce")
+        losses = model.loss(model(features, mask, keep=keep), labels, mask)
+    torch.testing.assert_close(losses["um"], ref["batch/loss_um"], **TOL)
+    for key in ("cls", "be"):
+        assert abs(losses[key] - ref[f"batch/loss_{key}"]) > 0.1

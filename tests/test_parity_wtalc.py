@@ -1,0 +1,114 @@
+"""Parity with W-TALC's own code (sujoyp/wtalc-pytorch): forward, MILL, CASL and gradients.
+
+tests/fixtures/parity_wtalc.npz holds a batch of 8 videos (D = H = 16, C = 5, lengths 20..32,
+zero rows as padding; the first 6 videos are 3 same-class pairs), the authors' freshly
+initialised parameters under their state_dict names (``param/<name>``), their eval-mode
+outputs (``out/``), their MILL, CASL and total loss (Lambda 0.5; ``loss/``) and the gradients
+of that total (``grad/<name>``). See tests/fixtures/README.md for how it is made.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wtal.errors import WtalError
+from wtal.losses import topk_mean, video_cross_entropy
+from wtal.models import build_model
+from wtal.models.wtalc import AUTHORS_STATE_DICT_NAMES, WTALC, WTALCConfig, load_authors_state_dict
+
+torch.set_num_threads(1)
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "parity_wtalc.npz"
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    with np.load(FIXTURE) as data:
+        return {key: torch.from_numpy(np.asarray(data[key])) for key in data.files}
+
+
+def authors_model(fixture) -> WTALC:
+    """wtal's W-TALC at the fixture's widths, holding the authors' parameters, in eval mode."""
+    features, labels = fixture["features"], fixture["labels"]
+    cfg = WTALCConfig(embed_dim=features.shape[-1], similar_pairs=int(fixture["n_similar"]))
+    model = build_model(cfg, in_dim=features.shape[-1], num_classes=labels.shape[-1])
+    state = {key[len("param/") :]: value for key, value in fixture.items() if key.startswith("param/")}
+    load_authors_state_dict(model, state)
+    return model.eval()
+
+
+def batch(fixture, extra_padding: int = 0):
+    """features [B, T + extra, D] (garbage on the extra padding), mask [B, T + extra], labels [B, C]."""
+    features, lengths = fixture["features"], fixture["lengths"]
+    if extra_padding:
+        garbage = torch.full((features.shape[0], extra_padding, features.shape[2]), 37.0)
+        features = torch.cat([features, garbage], 1)
+    mask = torch.arange(features.shape[1])[None, :] < lengths[:, None]
+    return features, mask, fixture["labels"]
+
+
+def test_forward_matches_the_authors(fixture):
+    model = authors_model(fixture)
+    features, mask, _ = batch(fixture)
+    with torch.no_grad():
+        out = model(features, mask)
+    for ours, theirs in (("embedding", "out/embedding"), ("cas_logits", "out/element_logits")):
+        torch.testing.assert_close(out[ours][mask], fixture[theirs][mask], **TOL)
+
+
+@pytest.mark.parametrize("extra_padding", [0, 9])
+def test_losses_match_the_authors(fixture, extra_padding):
+    model = authors_model(fixture)
+    features, mask, labels = batch(fixture, extra_padding)
+    with torch.no_grad():
+        losses = model.loss(model(features, mask), labels, mask)
+    assert set(losses) == {"total", "mil", "casl"}
+    for key in ("mil", "casl", "total"):
+        torch.testing.assert_close(losses[key], fixture[f"loss/{key}"], **TOL)
+
+
+def test_gradients_match_the_authors(fixture):
+    model = authors_model(fixture)
+    features, mask, labels = batch(fixture)
+    model.loss(model(features, mask), labels, mask)["total"].backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, fixture[f"grad/{name}"], **TOL)
+
+
+def test_fixture_tells_ceil_k_from_floor_k(fixture):
+    """The MIL-only baseline's k = T // 8 misses the fixture: the parity test can fail."""
+    model = authors_model(fixture)
+    features, mask, labels = batch(fixture)
+    with torch.no_grad():
+        floor_k = video_cross_entropy(topk_mean(model(features, mask)["cas_logits"], mask, 8), labels)
+    assert not torch.allclose(floor_k, fixture["loss/mil"], **TOL)
+
+
+def test_state_dict_mapping(fixture):
+    state = {key[len("param/") :]: value for key, value in fixture.items() if key.startswith("param/")}
+    assert set(state) == set(AUTHORS_STATE_DICT_NAMES)
+    mapped = {v for v in AUTHORS_STATE_DICT_NAMES.values() if v is not None}
+    assert mapped == set(authors_model(fixture).state_dict())
+    with pytest.raises(WtalError, match="fc2.weight"):
+        load_authors_state_dict(authors_model(fixture), {**state, "fc2.weight": state["fc.weight"]})
+
+
+def test_xavier_uniform_weights_zero_biases():
+    """The authors initialise every linear weight Xavier-uniform and every bias to 0
+    (torch's default would draw both from U(+-1/sqrt(fan_in)), a narrower range here)."""
+    torch.manual_seed(0)
+    in_dim, hidden, classes = 96, 64, 20
+    model = build_model(WTALCConfig(embed_dim=hidden), in_dim=in_dim, num_classes=classes)
+    for layer, fan_in, fan_out in ((model.fc, in_dim, hidden), (model.classifier, hidden, classes)):
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        w = layer.weight.detach()
+        assert w.abs().max() <= bound
+        assert w.abs().max() > 0.97 * bound > 1.1 / math.sqrt(fan_in)
+        assert abs(w.std().item() - bound / math.sqrt(3.0)) < 0.05 * bound
+        assert torch.equal(layer.bias.detach(), torch.zeros(fan_out))
