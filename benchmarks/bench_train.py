@@ -129,7 +129,7 @@ def measure(args, data: Path, embed_dim: str) -> dict:
     eval_s = None
     if args.eval_pass:  # what the trainer does every train.eval_every steps
         started = time.perf_counter()
-        scores = predict(model, dataset, dataset.videos(cfg.data.test_subset), device, cfg.inference.video_topk_divisor)
+        scores = predict(model, dataset, dataset.videos(cfg.data.test_subset), device, cfg.inference)
         score_detections(detect(scores, dataset, cfg), scores, dataset, cfg)
         sync()
         eval_s = time.perf_counter() - started

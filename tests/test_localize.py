@@ -1,14 +1,20 @@
 """wtal.localize on hand-made sequences whose answers are worked out by hand."""
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
+import torch
 
-from wtal.config import InferenceConfig
+from wtal.config import InferenceConfig, load_config
+from wtal.data.annotations import Annotations, Video
+from wtal.data.readers import FeatureDataset
 from wtal.detections import Detections
+from wtal.engine.inference import detect, predict, scored_snippets
 from wtal.errors import WtalError
 from wtal.localize import localize, localize_video, nms, select_classes, soft_nms, temporal_iou
+from wtal.models import build_model
 
 
 def cfg(**overrides):
@@ -105,6 +111,172 @@ def test_select_classes_threshold_and_fallback():
     assert sorted(label.tolist()) == [1, 2]
 
 
+def test_class_selection_inclusivity_and_fallback_switches():
+    scores = np.array([0.1, 0.2, 0.05])
+    assert select_classes(scores, cfg(class_threshold=0.2)).tolist() == [1]
+    assert select_classes(scores, cfg(class_threshold=0.2, class_inclusive=False)).tolist() == [1]  # the fallback
+    assert select_classes(scores, cfg(class_threshold=0.2, class_inclusive=False, class_fallback=False)).size == 0
+    # No class, no detections.
+    seq = np.array([0, 1, 1, 0], float)
+    knobs = cfg(class_threshold=0.5, class_fallback=False)
+    assert all(len(x) == 0 for x in localize_video(seq, np.tile(seq[:, None], 3), scores, 1.0, 0.0, knobs))
+
+
+def test_linear_upsampling_interpolates_and_extrapolates():
+    # cas [0, 1, 0.5] upsampled twice: 0, 0.5, 1, 0.75, 0.5, 0.25 (the last one past the last snippet,
+    # on the line through the last two); repeat: 0, 0, 1, 1, 0.5, 0.5.
+    cas = np.array([0.0, 1.0, 0.5])
+    knobs = dict(
+        proposal_source="cas", normalize=False, upsample=2, segment_score="max", class_score_weight=0.0, nms="none"
+    )
+    found = {
+        (mode, th): segments(localize_video(cas, cas[:, None], np.array([1.0]), 1.0, 0.0, cfg(
+            upsample_mode=mode, thresholds=[th], **knobs
+        )))
+        for mode in ("linear", "repeat")
+        for th in (0.2, 0.3)
+    }
+    assert found[("linear", 0.2)] == [(0, 0.5, 3.0)] and found[("linear", 0.3)] == [(0, 0.5, 2.5)]
+    assert found[("repeat", 0.2)] == found[("repeat", 0.3)] == [(0, 1.0, 3.0)]
+    label, start, end, score = localize_video(
+        cas, cas[:, None], np.array([1.0]), 1.0, 0.0, cfg(upsample_mode="linear", thresholds=[0.6], **knobs)
+    )
+    assert (start.tolist(), end.tolist(), score.tolist()) == ([1.0], [2.0], [1.0])  # 1 and 0.75 inside
+    # A one-snippet video stays constant.
+    one = localize_video(np.ones(1), np.ones((1, 1)), np.array([1.0]), 1.0, 0.0, cfg(upsample_mode="linear", **knobs))
+    assert segments(one) == [(0, 0.0, 1.0)]
+
+
+def test_require_positive_and_threshold_zero():
+    cas = np.array([0.0, 0.4, 0.4, 0.0, 0.0, 0.3])
+    knobs = dict(proposal_source="cas", normalize=False, thresholds=[0.0], nms="none")
+    assert segments(localize_video(cas, cas[:, None], np.array([1.0]), 1.0, 0.0, cfg(**knobs))) == [(0, 0.0, 6.0)]
+    positive = localize_video(cas, cas[:, None], np.array([1.0]), 1.0, 0.0, cfg(require_positive=True, **knobs))
+    assert segments(positive) == [(0, 1.0, 3.0), (0, 5.0, 6.0)]
+
+
+def test_contrast_on_the_cas_zeroed_below_the_threshold():
+    # Run [2, 4) at 0.5; margins of ceil(1) = 1 before and floor(1) = 1 after: 0.1 and 0.3, or 0 and 0 zeroed.
+    cas = np.array([0.1, 0.1, 1.0, 1.0, 0.3, 0.3])
+    knobs = dict(
+        proposal_source="cas", normalize=False, thresholds=[0.5], outer_margin=0.5, margin_rule="ceil_floor",
+        class_score_weight=0.0,
+    )
+    plain = localize_video(cas, cas[:, None], np.array([1.0]), 1.0, 0.0, cfg(**knobs))
+    zeroed = localize_video(cas, cas[:, None], np.array([1.0]), 1.0, 0.0, cfg(zero_below_threshold=True, **knobs))
+    assert plain[3] == pytest.approx([1.0 - 0.2]) and zeroed[3] == pytest.approx([1.0])
+    # Candidates found on the attention are scored on the plain cas.
+    attention = np.array([0, 0, 1, 1, 0, 0], float)
+    on_attention = localize_video(
+        attention, cas[:, None], np.array([1.0]), 1.0, 0.0, cfg(**{**knobs, "proposal_source": "attention"},
+                                                                  zero_below_threshold=True)
+    )
+    assert on_attention[3] == pytest.approx([1.0 - 0.2])
+
+
+def test_attention_thresholds_apply_to_the_attention_only():
+    attention = np.array([0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0])
+    cas = np.array([0.0, 0.0, 0.0, 0.0, 0.2, 0.2, 0.0])[:, None]
+    knobs = dict(proposal_source="both", normalize=False, thresholds=[0.1], nms="none")
+    assert segments(localize_video(attention, cas, np.array([1.0]), 1.0, 0.0, cfg(**knobs))) == [
+        (0, 1.0, 3.0), (0, 4.0, 6.0)
+    ]
+    own = cfg(attention_thresholds=[0.6], **knobs)  # the attention never reaches 0.6; the cas keeps 0.1
+    assert segments(localize_video(attention, cas, np.array([1.0]), 1.0, 0.0, own)) == [(0, 4.0, 6.0)]
+
+
+def test_max_segment_score_and_binary_class_score():
+    cas = np.array([0.0, 0.7, 0.9, 0.8, 0.0])
+    knobs = dict(proposal_source="cas", normalize=False, thresholds=[0.5], segment_score="max", class_score_weight=0.5)
+    assert localize_video(cas, cas[:, None], np.array([0.6]), 1.0, 0.0, cfg(**knobs))[3] == pytest.approx([1.2])
+    binary = cfg(class_score="binary", **knobs)
+    assert localize_video(cas, cas[:, None], np.array([0.6]), 1.0, 0.0, binary)[3] == pytest.approx([1.4])
+    # A fallback class did not pass the class threshold: its binary term is 0.
+    assert localize_video(cas, cas[:, None], np.array([0.1]), 1.0, 0.0, binary)[3] == pytest.approx([0.9])
+
+
+def test_nms_offset_in_seconds_and_clipping_off():
+    rng = np.random.default_rng(0)
+    seq = rng.random(60)
+    knobs = dict(nms_iou=0.3, max_per_video=0)
+    seconds = localize_video(seq, seq[:, None], np.array([1.0]), 0.5, 0.0, cfg(
+        nms_length_offset=1.0, nms_offset_unit="seconds", **knobs
+    ))
+    snippets = localize_video(seq, seq[:, None], np.array([1.0]), 0.5, 0.0, cfg(nms_length_offset=2.0, **knobs))
+    one_snippet = localize_video(seq, seq[:, None], np.array([1.0]), 0.5, 0.0, cfg(nms_length_offset=1.0, **knobs))
+    assert segments(seconds) == segments(snippets) != segments(one_snippet)  # 1 s = 2 snippets of 0.5 s
+    unclipped = localize_video(seq, seq[:, None], np.array([1.0]), 0.5, 10.0, cfg(clip_to_duration=False, **knobs))
+    assert unclipped[2].max() > 10.0
+    assert segments(unclipped) == segments(localize_video(seq, seq[:, None], np.array([1.0]), 0.5, 0.0, cfg(**knobs)))
+
+
+def test_scored_snippets_resample_long_or_all_videos():
+    assert scored_snippets(5).tolist() == [0, 1, 2, 3, 4]
+    assert scored_snippets(5, 4, "longer").tolist() == [0, 1, 2, 3]  # floor(i * 5 / 4)
+    assert scored_snippets(3, 4, "longer").tolist() == [0, 1, 2]
+    assert scored_snippets(3, 4, "all").tolist() == [0, 0, 1, 2]
+    assert scored_snippets(8, 8, "all").tolist() == list(range(8))
+    with pytest.raises(WtalError, match="inference.test_resample"):
+        scored_snippets(3, 4, "some")
+
+
+def test_predict_scores_resampled_videos_and_detect_maps_them_to_seconds():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    lengths = {"long": 11, "short": 3}
+    features = {name: rng.normal(size=(t, 6)).astype(np.float32) for name, t in lengths.items()}
+    videos = {name: Video(name, "test", t * 0.64, np.zeros((0, 2)), ()) for name, t in lengths.items()}
+    dataset = FeatureDataset.from_arrays(Annotations(("a", "b"), videos, {}), features, 0.64)
+    config = load_config(None, ["model.name=mil", "model.embed_dim=8", "inference.max_per_video=0"])
+    model = build_model(config.model, in_dim=6, num_classes=2)
+    resample = dataclasses.replace(config.inference, test_seqlen=4, test_resample="all")
+    resampled = predict(model, dataset, list(videos.values()), torch.device("cpu"), resample)
+    picked = {name: scored_snippets(t, 4, "all") for name, t in lengths.items()}
+    alone = FeatureDataset.from_arrays(
+        Annotations(("a", "b"), videos, {}), {n: f[picked[n]] for n, f in features.items()}, 0.64
+    )
+    whole = predict(model, alone, list(videos.values()), torch.device("cpu"), config.inference)
+    for ours, reference in zip(resampled, whole):
+        assert ours.attention.shape == (4,) and ours.cas.shape == (4, 2)
+        np.testing.assert_array_equal(ours.cas, reference.cas)
+        np.testing.assert_array_equal(ours.video_scores, reference.video_scores)
+        assert ours.snippet_seconds == pytest.approx(0.64 * lengths[ours.name] / 4)
+        assert reference.snippet_seconds == 0.64
+    detections = detect(resampled, dataset, config)
+    for scores in resampled:
+        seconds = 0.64 * lengths[scores.name] / 4  # one resampled snippet
+        expected = localize_video(scores.attention, scores.cas, scores.video_scores, seconds, 0.0, config.inference)
+        own = detections.video == scores.name
+        assert own.sum() == len(expected[0]) > 0
+        np.testing.assert_allclose(np.sort(detections.end[own]), np.sort(expected[2]))
+        steps = detections.end[own] / seconds
+        np.testing.assert_allclose(steps, np.round(steps))  # whole resampled snippets
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("inference.upsample_mode=cubic", "inference.upsample_mode"),
+        ("inference.segment_score=mean", "inference.segment_score"),
+        ("inference.class_score=rank", "inference.class_score"),
+        ("inference.nms_offset_unit=frames", "inference.nms_offset_unit"),
+        ("inference.test_resample=some", "inference.test_resample"),
+        ("inference.test_seqlen=-1", "inference.test_seqlen"),
+        ("inference.attention_thresholds=[1.5]", "inference.attention_thresholds"),
+        ("inference.require_positive=1", "inference.require_positive"),
+    ],
+)
+def test_new_switches_are_validated_by_name(override, key):
+    with pytest.raises(WtalError, match=key):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("key", ["upsample_mode", "segment_score", "class_score", "nms_offset_unit"])
+def test_localize_names_a_bad_switch(key):
+    with pytest.raises(WtalError, match=f"inference.{key}"):
+        localize_video(np.zeros(3), np.zeros((3, 1)), np.zeros(1), 1.0, 0.0, cfg(**{key: "nope"}))
+
+
 def test_temporal_iou_pairwise():
     a = np.array([[0.0, 2.0], [1.0, 3.0]])
     b = np.array([[0.0, 2.0], [4.0, 5.0], [1.0, 2.0]])
@@ -116,8 +288,9 @@ def test_temporal_iou_pairwise():
 def test_nms_keeps_best_of_overlapping_and_both_disjoint():
     assert nms([0, 1], [10, 10], [0.8, 0.9], 0.6).tolist() == [1]
     assert nms([0, 5], [4, 9], [0.8, 0.9], 0.6).tolist() == [1, 0]
-    # IoU exactly at the threshold is kept; limit stops after the best kept boxes.
+    # IoU exactly at the threshold is kept (dropped when inclusive); limit stops after the best kept boxes.
     assert nms([0, 0], [10, 6], [0.9, 0.8], 0.6).tolist() == [0, 1]
+    assert nms([0, 0], [10, 6], [0.9, 0.8], 0.6, inclusive=True).tolist() == [0]
     assert nms([0, 5, 20], [4, 9, 30], [0.7, 0.9, 0.8], 0.6, limit=2).tolist() == [1, 2]
 
 

@@ -3,7 +3,9 @@
 The fixture holds the authors' BaS_Net (Pilhyeon/BaSNet-pytorch, widths patched to 16 / 24) at
 its seeded default initialisation, a batch of 4 videos x 32 snippets x 32 features with 5
 classes, the eval-mode forward outputs, the authors' test-time min-max normalisation of the
-suppression CAS and every term of BaS_Net_loss (alpha 1e-4). See tests/fixtures/README.md.
+suppression CAS and every term of BaS_Net_loss (alpha 1e-4). A second fixture,
+tests/fixtures/parity_basnet_proposals.npz, holds the proposals their test loop makes from seeded
+suppression-branch logits of 750-snippet videos. See tests/fixtures/README.md.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ import numpy as np
 import pytest
 import torch
 
+from wtal.config import load_config
+from wtal.engine.inference import scored_snippets
 from wtal.errors import WtalError
+from wtal.localize import localize_video
 from wtal.models import build_model
 from wtal.models.basnet import AUTHORS_STATE_DICT_NAMES, BaSNetConfig, load_authors_state_dict
 
 torch.set_num_threads(1)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "parity_basnet.npz"
+PROPOSALS = Path(__file__).resolve().parent / "fixtures" / "parity_basnet_proposals.npz"
+SNIPPET_SECONDS = 16 / 25  # the authors' 16 frames per snippet at 25 fps
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 LOSS_KEYS = {"total": "loss_total", "base": "loss_base", "supp": "loss_supp", "norm": "loss_norm"}
 EXTRA = 5  # padded snippets appended to every video in the padded check
@@ -138,3 +145,54 @@ def test_padding_changes_nothing(ref):
         torch.testing.assert_close(losses[ours], ref[f"loss/{theirs}"], **TOL)
     torch.testing.assert_close(scores["cas"][:, :t], ref["out/cas_supp_minmax"][..., :-1], **TOL)
     torch.testing.assert_close(scores["video_scores"], ref["out/score_supp"][:, :-1], **TOL)
+
+
+def by_segment(rows: np.ndarray) -> np.ndarray:
+    """Proposals [N, 4] (start, end, score, class) in a canonical order."""
+    return rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0], rows[:, 3]))]
+
+
+def test_post_processing_reproduces_the_authors_proposals():
+    """The declared inference defaults turn the suppression branch's logits of the authors' test
+    videos (750 resampled snippets each) into their test loop's proposals, in seconds."""
+    cfg = load_config(None, ["model.name=basnet"]).inference
+    model = build_model(BaSNetConfig(embed_dim=4, attention_dim=4), in_dim=4, num_classes=5).eval()
+    with np.load(PROPOSALS) as data:
+        ref = {key: data[key] for key in data.files}
+    found = 0
+    for v, length in enumerate(ref["lengths"].tolist()):
+        picks = scored_snippets(length, cfg.test_seqlen, cfg.test_resample)
+        np.testing.assert_array_equal(picks, ref[f"v{v}/sample_idx"])
+        logits = torch.from_numpy(ref[f"v{v}/cas_supp"])[None]  # [1, 750, C + 1]
+        mask = torch.ones(logits.shape[:2], dtype=torch.bool)
+        outputs = {"supp_logits": logits, "attention": torch.zeros(mask.shape)}
+        with torch.no_grad():
+            scores = {k: x[0].numpy() for k, x in model.scores(outputs, mask, cfg.video_topk_divisor).items()}
+        seconds = SNIPPET_SECONDS * length / picks.size  # one resampled snippet
+        duration = 0.5 * length * SNIPPET_SECONDS  # shorter than the segments reach: the authors clip nothing
+        label, start, end, score = localize_video(
+            scores["attention"], scores["cas"], scores["video_scores"], seconds, duration, cfg
+        )
+        ours = np.column_stack([start, end, score, label])
+        theirs = ref[f"v{v}/proposals"]
+        assert len(ours) == len(theirs), v
+        np.testing.assert_allclose(by_segment(ours), by_segment(theirs), atol=1e-5, rtol=1e-5)
+        found += len(theirs)
+    assert found > 500  # many proposals, several classes per video, one video without any
+
+
+def test_the_authors_inference_settings_are_the_default_and_overrides_win():
+    cfg = load_config(None, ["model.name=basnet"]).inference
+    assert (cfg.test_seqlen, cfg.test_resample, cfg.video_topk_divisor) == (750, "all", 8)
+    assert (cfg.class_threshold, cfg.class_inclusive, cfg.class_fallback) == (0.25, True, False)
+    assert cfg.proposal_source == "cas" and cfg.thresholds == pytest.approx([0.025 * i for i in range(10)])
+    assert (cfg.normalize, cfg.inclusive, cfg.require_positive) == (False, True, True)
+    assert (cfg.upsample, cfg.upsample_mode, cfg.min_length) == (24, "linear", 0)
+    assert (cfg.segment_score, cfg.zero_below_threshold, cfg.outer_margin, cfg.margin_rule) == (
+        "contrast", True, 0.25, "ceil_floor"
+    )
+    assert (cfg.class_score_weight, cfg.class_score, cfg.clip_to_duration, cfg.dedup) == (0.2, "binary", False, False)
+    assert (cfg.nms, cfg.nms_iou, cfg.nms_inclusive) == ("nms", 0.7, True)
+    assert (cfg.nms_length_offset, cfg.nms_offset_unit, cfg.max_per_video) == (1.0, "seconds", 0)
+    changed = load_config(None, ["model.name=basnet", "inference.test_seqlen=0", "inference.upsample=1"]).inference
+    assert (changed.test_seqlen, changed.upsample, changed.upsample_mode) == (0, 1, "linear")

@@ -10,7 +10,9 @@ r_bkg 4, and UM_loss with margin 13.5, alpha (our um_weight) 0.01, beta (our be_
   normalised CAS (test.py).
 
 Their CAS dropout is off; their snippet dropout of the pseudo action/background selection is on
-and its draw is recorded as ``keep``, which our forward accepts. See tests/fixtures/README.md.
+and its draw is recorded as ``keep``, which our forward accepts. A second fixture,
+tests/fixtures/parity_um_proposals.npz, holds the proposals their test loop makes from seeded
+logits and actionness of videos scored on up to 750 snippets. See tests/fixtures/README.md.
 """
 
 from __future__ import annotations
@@ -21,13 +23,18 @@ import numpy as np
 import pytest
 import torch
 
+from wtal.config import load_config
+from wtal.engine.inference import scored_snippets
 from wtal.errors import WtalError
+from wtal.localize import localize_video
 from wtal.models import build_model
 from wtal.models.um import AUTHORS_STATE_DICT_NAMES, UMConfig, load_authors_state_dict
 
 torch.set_num_threads(1)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "parity_um.npz"
+PROPOSALS = Path(__file__).resolve().parent / "fixtures" / "parity_um_proposals.npz"
+SNIPPET_SECONDS = 16 / 25  # the authors' 16 frames per snippet at 25 fps
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 LOSS_KEYS = {"total": "loss_total", "cls": "loss_cls", "um": "loss_um", "be": "loss_be"}
 EXTRA = 5  # padded snippets appended to the ragged batch
@@ -193,3 +200,60 @@ def test_categorical_option_is_not_the_authors_loss(ref):
     torch.testing.assert_close(losses["um"], ref["batch/loss_um"], **TOL)
     for key in ("cls", "be"):
         assert abs(losses[key] - ref[f"batch/loss_{key}"]) > 0.1
+
+
+def by_segment(rows: np.ndarray) -> np.ndarray:
+    """Proposals [N, 4] (start, end, score, class) in a canonical order."""
+    return rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0], rows[:, 3]))]
+
+
+def test_post_processing_reproduces_the_authors_proposals():
+    """The declared inference defaults turn the logits and actionness of the authors' test videos
+    (scored whole up to 750 snippets, resampled to 750 beyond) into their test loop's proposals,
+    in seconds: both threshold sets, the fallback class of a video where none passes."""
+    cfg = load_config(None, ["model.name=um"]).inference
+    with np.load(PROPOSALS) as data:
+        ref = {key: data[key] for key in data.files}
+    classes = ref["v0/cas_logits"].shape[1]
+    model = build_model(UMConfig(embed_dim=4), in_dim=4, num_classes=classes).eval()
+    found = 0
+    for v, length in enumerate(ref["lengths"].tolist()):
+        picks = scored_snippets(length, cfg.test_seqlen, cfg.test_resample)
+        np.testing.assert_array_equal(picks, ref[f"v{v}/sample_idx"])
+        logits = torch.from_numpy(ref[f"v{v}/cas_logits"])[None]  # [1, N, C]
+        assert logits.shape[1] == picks.size
+        mask = torch.ones(logits.shape[:2], dtype=torch.bool)
+        outputs = {"cas_logits": logits, "attention": torch.from_numpy(ref[f"v{v}/actionness"])[None]}
+        with torch.no_grad():
+            scores = {k: x[0].numpy() for k, x in model.scores(outputs, mask, cfg.video_topk_divisor).items()}
+        seconds = SNIPPET_SECONDS * length / picks.size  # one scored snippet
+        duration = 0.5 * length * SNIPPET_SECONDS  # shorter than the segments reach: the authors clip nothing
+        label, start, end, score = localize_video(
+            scores["attention"], scores["cas"], scores["video_scores"], seconds, duration, cfg
+        )
+        ours = np.column_stack([start, end, score, label])
+        theirs = ref[f"v{v}/proposals"]
+        assert len(ours) == len(theirs), v
+        np.testing.assert_allclose(by_segment(ours), by_segment(theirs), atol=1e-5, rtol=1e-5)
+        found += len(theirs)
+    assert found > 400
+
+
+def test_the_authors_inference_settings_are_the_default_and_overrides_win():
+    cfg = load_config(None, ["model.name=um"]).inference
+    assert (cfg.test_seqlen, cfg.test_resample, cfg.video_topk_divisor) == (750, "longer", 9)
+    assert (cfg.class_threshold, cfg.class_inclusive, cfg.class_fallback) == (0.2, True, True)
+    assert cfg.proposal_source == "both"
+    assert cfg.thresholds == pytest.approx([0.025 * i for i in range(10)], abs=1e-15)
+    assert len(cfg.attention_thresholds) == 9 and cfg.attention_thresholds[1] == 0.42500000000000004
+    assert cfg.attention_thresholds == pytest.approx([0.4 + 0.025 * i for i in range(9)], abs=1e-15)
+    assert (cfg.normalize, cfg.inclusive, cfg.require_positive) == (False, True, True)
+    assert (cfg.upsample, cfg.upsample_mode, cfg.min_length) == (24, "linear", 2)
+    assert (cfg.segment_score, cfg.zero_below_threshold, cfg.outer_margin, cfg.margin_rule) == (
+        "contrast", True, 0.25, "ceil_floor"
+    )
+    assert (cfg.class_score_weight, cfg.class_score, cfg.clip_to_duration, cfg.dedup) == (0.2, "score", False, False)
+    assert (cfg.nms, cfg.nms_iou, cfg.nms_inclusive) == ("nms", 0.6, True)
+    assert (cfg.nms_length_offset, cfg.nms_offset_unit, cfg.max_per_video) == (1.0, "seconds", 0)
+    changed = load_config(None, ["model.name=um", "inference.attention_thresholds=[]"]).inference
+    assert changed.attention_thresholds == [] and changed.thresholds == cfg.thresholds

@@ -4,7 +4,9 @@ tests/fixtures/parity_wtalc.npz holds a batch of 8 videos (D = H = 16, C = 5, le
 zero rows as padding; the first 6 videos are 3 same-class pairs), the authors' freshly
 initialised parameters under their state_dict names (``param/<name>``), their eval-mode
 outputs (``out/``), their MILL, CASL and total loss (Lambda 0.5; ``loss/``) and the gradients
-of that total (``grad/<name>``). See tests/fixtures/README.md for how it is made.
+of that total (``grad/<name>``). tests/fixtures/parity_wtalc_proposals.npz holds the segments
+their detection code (detectionMAP.getLocMAP) predicts from seeded logits of 8 test videos. See
+tests/fixtures/README.md for how they are made.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import numpy as np
 import pytest
 import torch
 
+from wtal.config import load_config
 from wtal.errors import WtalError
+from wtal.localize import localize_video
 from wtal.losses import topk_mean, video_cross_entropy
 from wtal.models import build_model
 from wtal.models.wtalc import AUTHORS_STATE_DICT_NAMES, WTALC, WTALCConfig, load_authors_state_dict
@@ -24,6 +28,8 @@ from wtal.models.wtalc import AUTHORS_STATE_DICT_NAMES, WTALC, WTALCConfig, load
 torch.set_num_threads(1)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "parity_wtalc.npz"
+PROPOSALS = Path(__file__).resolve().parent / "fixtures" / "parity_wtalc_proposals.npz"
+SNIPPET_SECONDS = 16 / 25  # the authors' 16 frames per snippet at 25 fps
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
@@ -112,3 +118,47 @@ def test_xavier_uniform_weights_zero_biases():
         assert w.abs().max() > 0.97 * bound > 1.1 / math.sqrt(fan_in)
         assert abs(w.std().item() - bound / math.sqrt(3.0)) < 0.05 * bound
         assert torch.equal(layer.bias.detach(), torch.zeros(fan_out))
+
+
+def by_segment(rows: np.ndarray) -> np.ndarray:
+    """Segments [N, 4] (start, end, score, class) in a canonical order."""
+    return rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0], rows[:, 3]))]
+
+
+def test_post_processing_reproduces_the_authors_segments():
+    """The declared inference defaults turn the raw logits of the authors' test videos into the
+    segments (start, end in snippets, score, class) their detection code predicts."""
+    cfg = load_config(None, ["model.name=wtalc"]).inference
+    with np.load(PROPOSALS) as data:
+        ref = {key: data[key] for key in data.files}
+    classes = ref["v0/logits"].shape[1]
+    model = build_model(WTALCConfig(embed_dim=4), in_dim=4, num_classes=classes).eval()
+    found = 0
+    for v, length in enumerate(ref["lengths"].tolist()):
+        logits = torch.from_numpy(ref[f"v{v}/logits"])[None]  # [1, T, C]
+        mask = torch.ones(logits.shape[:2], dtype=torch.bool)
+        with torch.no_grad():
+            scores = model.scores({"cas_logits": logits}, mask, cfg.video_topk_divisor)
+        scores = {k: x[0].numpy() for k, x in scores.items()}
+        duration = 0.5 * length * SNIPPET_SECONDS  # shorter than the segments reach: the authors clip nothing
+        label, start, end, score = localize_video(
+            scores["attention"], scores["cas"], scores["video_scores"], SNIPPET_SECONDS, duration, cfg
+        )
+        ours = np.column_stack([start / SNIPPET_SECONDS, end / SNIPPET_SECONDS, score, label])
+        theirs = ref[f"v{v}/proposals"]
+        assert len(ours) == len(theirs), v
+        np.testing.assert_allclose(by_segment(ours), by_segment(theirs), atol=1e-5, rtol=1e-5)
+        found += len(theirs)
+    assert found > 100
+
+
+def test_the_authors_inference_settings_are_the_default_and_overrides_win():
+    cfg = load_config(None, ["model.name=wtalc"]).inference
+    assert (cfg.test_seqlen, cfg.video_topk_divisor) == (0, 8)
+    assert (cfg.class_threshold, cfg.class_inclusive, cfg.class_fallback) == (0.0, False, False)
+    assert (cfg.proposal_source, cfg.thresholds, cfg.normalize, cfg.inclusive) == ("cas", [0.5], True, False)
+    assert (cfg.upsample, cfg.min_length, cfg.segment_score, cfg.zero_below_threshold) == (1, 2, "max", False)
+    assert (cfg.class_score_weight, cfg.class_score, cfg.clip_to_duration) == (0.7, "score", False)
+    assert (cfg.nms, cfg.max_per_video, cfg.dedup) == ("none", 0, False)
+    changed = load_config(None, ["model.name=wtalc", "inference.nms=nms", "inference.max_per_video=100"]).inference
+    assert (changed.nms, changed.max_per_video, changed.segment_score) == ("nms", 100, "max")

@@ -19,7 +19,7 @@ def _untrained_map(cfg):
     torch.manual_seed(cfg.train.seed)
     dataset = load_dataset(cfg.data)
     model = build_model(cfg.model, dataset.feature_dim, dataset.num_classes)
-    scores = predict(model, dataset, dataset.videos(cfg.data.test_subset), torch.device("cpu"), 10)
+    scores = predict(model, dataset, dataset.videos(cfg.data.test_subset), torch.device("cpu"), cfg.inference)
     result, _ = score_detections(detect(scores, dataset, cfg), scores, dataset, cfg)
     return result.summary()["avg"]
 

@@ -103,7 +103,7 @@ def _cmd_localize(args) -> int:
     videos = dataset.videos(subset)
     if not videos:
         raise WtalError(f"{dataset.source}: --subset: no videos in subset {subset!r}")
-    scores = predict(model, dataset, videos, resolve_device(args.device), cfg.inference.video_topk_divisor)
+    scores = predict(model, dataset, videos, resolve_device(args.device), cfg.inference)
     detections = detect(scores, dataset, cfg)
     detections.save(out)
     print(f"wrote {len(detections)} detections for {len(videos)} videos to {out}")
@@ -193,7 +193,7 @@ def _cmd_demo(args) -> int:
         [s.attention for s in shown],
         [s.cas for s in shown],
         result.dataset.classes,
-        result.dataset.snippet_seconds,
+        [s.snippet_seconds for s in shown],
         result.detections,
     )
     print(f"run directory: {result.run_dir} (detections.json, metrics.json, {png.name})")

@@ -65,24 +65,37 @@ class InferenceConfig:
     a model config's ``inference_defaults`` (its authors' post-processing) replaces them, and
     ``inference.*`` keys in a YAML file or an override replace both."""
 
-    class_threshold: float = 0.2  # keep classes whose video score >= this (else the best one)
+    test_seqlen: int = 0  # score each test video on this many snippets, at floor(i * T / n) (0: all its T snippets)
+    test_resample: str = "longer"  # longer: resample only videos longer than test_seqlen | all: every video
+    class_threshold: float = 0.2  # keep classes whose video score passes this (class_inclusive, class_fallback)
+    class_inclusive: bool = True  # a class passes when its video score >= class_threshold (false: > it)
+    class_fallback: bool = True  # when no class passes, keep the best one (false: the video gets no detections)
     video_topk_divisor: int = 10  # video score: mean of top T // divisor snippets
     proposal_source: str = "attention"  # attention | cas | both: what is thresholded
     thresholds: list[float] = field(
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-    )  # proposal thresholds
+    )  # proposal thresholds (of the cas; of the attention too unless attention_thresholds is set)
+    attention_thresholds: list[float] = field(default_factory=list)  # thresholds of the attention (empty: thresholds)
     normalize: bool = True  # min-max normalise each proposal sequence before thresholding (false: raw values)
     inclusive: bool = True  # a snippet is active when its value >= the threshold (false: > the threshold)
-    upsample: int = 1  # repeat each snippet this many times before thresholding
+    require_positive: bool = False  # an active snippet must also be > 0
+    upsample: int = 1  # upsample each proposal and scoring sequence this many times before thresholding
+    upsample_mode: str = "repeat"  # repeat: each snippet upsample times | linear: interpolate and extrapolate
     min_length: int = 0  # drop candidates shorter than this many (upsampled) snippets
+    segment_score: str = "contrast"  # contrast: outer-inner contrast of the cas | max: the cas's maximum inside
+    zero_below_threshold: bool = False  # score a cas candidate on the cas with values below its threshold set to 0
     outer_margin: float = 0.25  # outer-inner contrast margin, as a fraction of the length
     margin_rule: str = "round"  # round: max(1, round(m * len)) each side | ceil_floor: ceil before, floor after
-    class_score_weight: float = 0.2  # weight of the video class score added to each segment
+    class_score_weight: float = 0.2  # weight of the class term added to each segment's score
+    class_score: str = "score"  # class term: score: the video score | binary: 1 if the class passed class_threshold
+    clip_to_duration: bool = True  # clip segments to [0, duration] when the video's duration is known
     dedup: bool = True  # merge candidates with the same class, start and end (keeping the best) before NMS
     nms: str = "nms"  # nms | soft_nms | none
     nms_iou: float = 0.6  # IoU for hard NMS
+    nms_inclusive: bool = False  # hard NMS drops boxes whose IoU >= nms_iou (false: > nms_iou)
     soft_nms_sigma: float = 0.3  # Gaussian soft-NMS sigma
-    nms_length_offset: float = 0.0  # (upsampled) snippets added to each length and overlap in NMS IoU
+    nms_length_offset: float = 0.0  # added to each length and overlap in NMS IoU, in nms_offset_unit
+    nms_offset_unit: str = "snippets"  # unit of nms_length_offset: snippets (upsampled) | seconds
     max_per_video: int = 100  # keep the best detections per video after NMS (0: all)
 
 
@@ -186,7 +199,7 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Confi
     inference_values = values.get("inference")
     if inference_values is None or isinstance(inference_values, Mapping):
         # The model's own post-processing first, then what the file or the overrides say.
-        values["inference"] = {**getattr(model_cls, "inference_defaults", {}), **(inference_values or {})}
+        values["inference"] = {**model_cls.inference_defaults_for(model_values), **(inference_values or {})}
     cfg = _build(Config, values, source)
     cfg.model = _build(model_cls, model_values, f"{source}: model")
     validate(cfg, source)
@@ -244,6 +257,11 @@ _CHOICES = {
     ("inference", "proposal_source"): ("attention", "cas", "both"),
     ("inference", "nms"): ("nms", "soft_nms", "none"),
     ("inference", "margin_rule"): ("round", "ceil_floor"),
+    ("inference", "test_resample"): ("longer", "all"),
+    ("inference", "upsample_mode"): ("repeat", "linear"),
+    ("inference", "segment_score"): ("contrast", "max"),
+    ("inference", "class_score"): ("score", "binary"),
+    ("inference", "nms_offset_unit"): ("snippets", "seconds"),
     ("eval", "units"): ("seconds", "snippets"),
 }
 _POSITIVE = {
@@ -277,14 +295,16 @@ def validate(cfg: Config, source: str = "config") -> None:
         )
     if cfg.train.eval_every < 0:
         raise WtalError(f"{source}: train.eval_every: expected >= 0, found {cfg.train.eval_every}")
-    if not cfg.inference.thresholds or (
-        cfg.inference.normalize and not all(0.0 <= t <= 1.0 for t in cfg.inference.thresholds)
-    ):
-        raise WtalError(
-            f"{source}: inference.thresholds: expected values in [0, 1] (the proposal sequence is min-max "
-            f"normalised), found {cfg.inference.thresholds}"
-        )
-    for key in ("min_length", "max_per_video"):
+    if not cfg.inference.thresholds:
+        raise WtalError(f"{source}: inference.thresholds: expected at least one threshold")
+    for key in ("thresholds", "attention_thresholds"):
+        values = getattr(cfg.inference, key)
+        if cfg.inference.normalize and not all(0.0 <= t <= 1.0 for t in values):
+            raise WtalError(
+                f"{source}: inference.{key}: expected values in [0, 1] (the proposal sequence is min-max "
+                f"normalised), found {values}"
+            )
+    for key in ("test_seqlen", "min_length", "max_per_video"):
         if getattr(cfg.inference, key) < 0:
             raise WtalError(f"{source}: inference.{key}: expected >= 0, found {getattr(cfg.inference, key)!r}")
     if cfg.inference.nms_length_offset < 0:

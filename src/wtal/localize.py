@@ -2,17 +2,23 @@
 
 For one video (``attention`` [T], ``cas`` [T, C], ``video_scores`` [C]):
 
-1. Classes: those whose video score >= ``class_threshold``, else the single best.
-2. Candidates: for each selected class the proposal sequence (``attention``, ``cas[:, c]`` or
-   both, pooled) is min-max normalised (``normalize``), each snippet repeated ``upsample``
-   times, and compared with every threshold at once; each maximal run of active snippets is a
+1. Classes: those whose video score passes ``class_threshold``, else the single best
+   (``class_fallback``).
+2. Candidates: for each selected class the proposal sequences (``attention``, ``cas[:, c]`` or
+   both) are min-max normalised (``normalize``), upsampled ``upsample`` times (``upsample_mode``)
+   and compared with every threshold of their set at once (``thresholds`` for the cas,
+   ``attention_thresholds`` for the attention, or ``thresholds`` when empty); each maximal run of active snippets is a
    candidate ``[s, e)`` in upsampled snippet units (``e`` exclusive); runs shorter than
-   ``min_length`` are dropped. All runs of all classes and thresholds come from one ``np.diff``
-   over padded masks.
-3. Score: outer-inner contrast on ``cas[:, c]`` (upsampled alike) plus
-   ``class_score_weight * video_scores[c]``; every mean is O(1) from cumulative sums.
+   ``min_length`` are dropped. All runs of all classes and thresholds of a source come from one
+   ``np.diff`` over padded masks.
+3. Score: on ``cas[:, c]`` (upsampled alike; for a candidate from the cas, with the values below
+   its threshold set to 0 when ``zero_below_threshold``) the outer-inner contrast or the maximum
+   inside (``segment_score``), plus ``class_score_weight`` times the video score or 1
+   (``class_score``); every mean is O(1) from cumulative sums, all maxima come from one
+   ``np.maximum.reduceat``.
 4. Seconds: ``s * snippet_seconds / upsample`` and ``e * snippet_seconds / upsample``, clipped to
-   ``[0, duration]`` when ``duration > 0`` (0 means unknown); zero-length results are dropped.
+   ``[0, duration]`` when ``clip_to_duration`` and ``duration > 0`` (0 means unknown);
+   zero-length results are dropped.
 5. Per class: exact duplicates (same start and end) keep their best score (``dedup``), then
    hard NMS, Gaussian soft-NMS or none; finally the best ``max_per_video`` detections (0: all).
 
@@ -21,16 +27,31 @@ authors' settings (``inference_defaults`` of its config), which the config loade
 
 Choices:
 
-- A snippet is active when its value is >= the threshold (``inclusive``) or > it.
+- A class passes when its video score is >= ``class_threshold`` (``class_inclusive``) or > it;
+  with ``class_fallback`` false a video where none passes has no detections.
+- A snippet is active when its value is >= the threshold (``inclusive``) or > it, and with
+  ``require_positive`` also > 0.
+- ``upsample_mode=repeat`` repeats each snippet; ``linear`` (the authors' ``interp1d`` of BaS-Net
+  and UM) samples the straight lines between snippets at ``i * (1 / upsample)`` for
+  ``i < T * upsample``, the positions past the last snippet on the line through the last two
+  (so values may leave [0, 1]); a one-snippet sequence stays constant.
 - A constant sequence (max == min) has no contrast to localise; it normalises to all ones, so
   it yields one whole-video candidate rather than none.
+- ``zero_below_threshold``: the scored ``cas[:, c]`` of a candidate found on the cas keeps its
+  values where the thresholded sequence is >= that threshold and is 0 elsewhere; candidates
+  found on the attention are scored on the plain ``cas[:, c]``.
 - ``margin_rule=round``: each margin is ``max(1, round_half_up(outer_margin * length))``
-  snippets; ``ceil_floor`` (CO2-Net's code): ``ceil(outer_margin * length)`` before and
-  ``floor(outer_margin * length)`` after. Margins are clipped to the sequence; the outer mean
-  pools the snippets of both margins and is 0 when both are empty.
+  snippets; ``ceil_floor`` (CO2-Net's, BaS-Net's and UM's code): ``ceil(outer_margin * length)``
+  before and ``floor(outer_margin * length)`` after. Margins are clipped to the sequence; the
+  outer mean pools the snippets of both margins and is 0 when both are empty.
+- ``class_score=binary`` adds ``class_score_weight`` x 1 for a class that passed
+  ``class_threshold`` and x 0 for a fallback class (BaS-Net's binarised class scores).
 - NMS IoU is ``(inter + o) / (len_a + o + len_b + o - (inter + o))`` with ``o`` =
-  ``nms_length_offset`` snippets (CO2-Net's code counts a segment's end snippet twice: o = 1).
-- Hard NMS drops a box whose IoU with a kept, better box is > ``nms_iou``.
+  ``nms_length_offset`` upsampled snippets or seconds (``nms_offset_unit``): CO2-Net's code
+  counts a segment's end snippet twice (o = 1 snippet), BaS-Net's and UM's add 1 to lengths in
+  seconds (o = 1 s).
+- Hard NMS drops a box whose IoU with a kept, better box is > ``nms_iou`` (>= with
+  ``nms_inclusive``).
 - Soft-NMS multiplies scores by ``exp(-iou**2 / sigma)`` and drops nothing. Contrast scores can
   be negative; the factor keeps the sign, so a negative score moves towards 0 but never passes a
   positive one.
@@ -38,6 +59,10 @@ Choices:
   output; exact for hard NMS, and for soft-NMS while scores are >= 0.
 - Sorting is stable, so ties in score keep a deterministic order.
 - Loops run over selected classes and over boxes kept by NMS, never over snippets.
+- ``test_seqlen`` and ``test_resample`` act before this module, when the model scores a video
+  (``wtal.engine.inference.predict``): the arrays of a resampled video hold its resampled
+  snippets, and ``snippet_seconds`` is the duration of one of them (a record's sixth item in
+  :func:`localize`).
 """
 
 from __future__ import annotations
@@ -53,6 +78,10 @@ from wtal.errors import WtalError, where
 _SOURCES = ("attention", "cas", "both")
 _NMS = ("nms", "soft_nms", "none")
 _MARGIN_RULES = ("round", "ceil_floor")
+_UPSAMPLE_MODES = ("repeat", "linear")
+_SEGMENT_SCORES = ("contrast", "max")
+_CLASS_SCORES = ("score", "binary")
+_OFFSET_UNITS = ("snippets", "seconds")
 _TINY = np.finfo(np.float64).tiny
 
 
@@ -79,13 +108,19 @@ def _iou_one(s: float, e: float, starts: np.ndarray, ends: np.ndarray, offset: f
 
 
 def nms(
-    start: np.ndarray, end: np.ndarray, score: np.ndarray, iou: float, limit: int = 0, offset: float = 0.0
+    start: np.ndarray,
+    end: np.ndarray,
+    score: np.ndarray,
+    iou: float,
+    limit: int = 0,
+    offset: float = 0.0,
+    inclusive: bool = False,
 ) -> np.ndarray:
     """Hard NMS over segments ``start``/``end``/``score`` [N] -> kept indices [K], best first.
 
-    A segment is dropped when its IoU with an already kept, better segment is > ``iou``.
-    ``limit`` > 0 stops after that many kept segments (the same first ``limit`` as without it).
-    ``offset`` is added to lengths and overlaps in the IoU.
+    A segment is dropped when its IoU with an already kept, better segment is > ``iou``
+    (>= with ``inclusive``). ``limit`` > 0 stops after that many kept segments (the same first
+    ``limit`` as without it). ``offset`` is added to lengths and overlaps in the IoU.
     """
     start, end, score = (np.asarray(x, dtype=np.float64) for x in (start, end, score))
     order = np.argsort(-score, kind="stable")
@@ -93,7 +128,8 @@ def nms(
     while order.size and (limit <= 0 or len(keep) < limit):
         best, rest = order[0], order[1:]
         keep.append(best)
-        order = rest[_iou_one(start[best], end[best], start[rest], end[rest], offset) <= iou]
+        overlap = _iou_one(start[best], end[best], start[rest], end[rest], offset)
+        order = rest[overlap < iou] if inclusive else rest[overlap <= iou]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -121,11 +157,21 @@ def soft_nms(
     return new
 
 
-def select_classes(video_scores: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
-    """Class indices [K] (ascending) with ``video_scores`` [C] >= ``cfg.class_threshold``, else the best one."""
+def passes_class_threshold(video_scores: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
+    """[C] bool: ``video_scores`` [C] >= ``cfg.class_threshold`` (> it unless ``cfg.class_inclusive``)."""
     video_scores = np.asarray(video_scores)
-    chosen = np.flatnonzero(video_scores >= cfg.class_threshold)
-    return chosen if chosen.size else np.array([int(np.argmax(video_scores))])
+    if cfg.class_inclusive:
+        return video_scores >= cfg.class_threshold
+    return video_scores > cfg.class_threshold
+
+
+def select_classes(video_scores: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
+    """Class indices [K] (ascending) whose ``video_scores`` [C] pass ``cfg.class_threshold``; when
+    none does, the best one (``cfg.class_fallback``) or none."""
+    chosen = np.flatnonzero(passes_class_threshold(video_scores, cfg))
+    if chosen.size or not cfg.class_fallback:
+        return chosen
+    return np.array([int(np.argmax(video_scores))])
 
 
 def _minmax(rows: np.ndarray) -> np.ndarray:
@@ -133,6 +179,20 @@ def _minmax(rows: np.ndarray) -> np.ndarray:
     low = rows.min(axis=1, keepdims=True)
     span = rows.max(axis=1, keepdims=True) - low
     return np.divide(rows - low, span, out=np.ones_like(rows), where=span > 0)
+
+
+def _upsample(rows: np.ndarray, up: int, mode: str) -> np.ndarray:
+    """Rows [R, T] upsampled ``up`` times -> [R, L] (``repeat`` or ``linear``; module notes)."""
+    if mode == "repeat":
+        return np.repeat(rows, up, axis=1)
+    t = rows.shape[1]
+    x = np.arange(0, t, 1 / up)  # the authors' sample positions, i * fl(1 / up)
+    if t == 1:
+        return np.repeat(rows, x.size, axis=1)
+    hi = np.clip(np.ceil(x).astype(np.int64), 1, t - 1)  # first snippet >= x, within [1, T - 1]
+    lo = hi - 1
+    # The line through snippets lo and hi, evaluated as interp1d does (slope x offset + left value).
+    return (rows[:, hi] - rows[:, lo]) * (x - lo) + rows[:, lo]
 
 
 def _runs(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -167,6 +227,37 @@ def _contrast(
     outer_n = (s - left) + (right - e)
     outer = np.divide(outer_sum, outer_n, out=np.zeros_like(outer_sum), where=outer_n > 0)
     return inner - outer
+
+
+def _level(sequences: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
+    """Proposal sequences [P, T] as thresholded: normalised (``cfg.normalize``), then upsampled -> [P, L]."""
+    return _upsample(_minmax(sequences) if cfg.normalize else sequences, cfg.upsample, cfg.upsample_mode)
+
+
+def _candidates(
+    level: np.ndarray, thresholds: np.ndarray, cfg: InferenceConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of ``level`` [P, L] above each of ``thresholds`` [K] -> (row, s, e) [N]:
+    row = p * K + threshold index, ``[s, e)`` in upsampled snippets, runs shorter than
+    ``cfg.min_length`` dropped."""
+    th = thresholds[None, :, None]
+    masks = level[:, None, :] >= th if cfg.inclusive else level[:, None, :] > th  # [P, K, L]
+    if cfg.require_positive:
+        masks &= level[:, None, :] > 0
+    row, s, e = _runs(masks.reshape(-1, level.shape[1]))
+    long_enough = e - s >= cfg.min_length
+    return row[long_enough], s[long_enough], e[long_enough]
+
+
+def _window_max(seq: np.ndarray, row: np.ndarray, s: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Maximum of ``seq`` [R, L] over ``[s, e)`` on rows ``row`` -> [N] (each window non-empty)."""
+    if row.size == 0:
+        return np.zeros(0)
+    length = seq.shape[1]
+    flat = np.append(seq.ravel(), 0.0)  # one spare value, so that an end at the last row's end is an index
+    bounds = np.empty(2 * row.size, dtype=np.int64)
+    bounds[0::2], bounds[1::2] = row * length + s, row * length + e
+    return np.maximum.reduceat(flat, bounds)[0::2]  # even entries: the windows; odd ones: the gaps
 
 
 def _as_scores(value, name: str, shape: str, video: str) -> np.ndarray:
@@ -223,8 +314,15 @@ def _check_config(cfg: InferenceConfig) -> None:
         raise WtalError(f"inference.upsample: expected a positive integer, found {cfg.upsample!r}")
     if cfg.nms == "soft_nms" and not cfg.soft_nms_sigma > 0:
         raise WtalError(f"inference.soft_nms_sigma: expected a positive number, found {cfg.soft_nms_sigma!r}")
-    if cfg.margin_rule not in _MARGIN_RULES:
-        raise WtalError(f"inference.margin_rule: expected one of {list(_MARGIN_RULES)}, found {cfg.margin_rule!r}")
+    for key, choices in (
+        ("margin_rule", _MARGIN_RULES),
+        ("upsample_mode", _UPSAMPLE_MODES),
+        ("segment_score", _SEGMENT_SCORES),
+        ("class_score", _CLASS_SCORES),
+        ("nms_offset_unit", _OFFSET_UNITS),
+    ):
+        if getattr(cfg, key) not in choices:
+            raise WtalError(f"inference.{key}: expected one of {list(choices)}, found {getattr(cfg, key)!r}")
 
 
 def localize_video(
@@ -246,33 +344,50 @@ def localize_video(
     attention, cas, video_scores = _check_inputs(attention, cas, video_scores, video)
     snippet_seconds = _as_seconds(snippet_seconds, "snippet_seconds", video, positive=True)
     duration = _as_seconds(duration, "duration", video, positive=False)
-    up = cfg.upsample
+    up, mode = cfg.upsample, cfg.upsample_mode
     classes = select_classes(video_scores, cfg)
-    slots = np.arange(classes.size)
+    scored = _upsample(cas[:, classes].T, up, mode)  # [S, L], S selected classes
 
-    # Proposal sequences [P, T]; row_slot[p] is the position in ``classes`` of row p's class.
-    sequences, row_slot = [], []
+    # Candidates of each source: slot (position in ``classes``), [s, e), and the sequence they
+    # are scored on with the row of each candidate in it (``scored``, or copies of it zeroed
+    # below each threshold).
+    found = []
     if cfg.proposal_source in ("attention", "both"):
-        sequences.append(np.broadcast_to(attention, (classes.size, attention.size)))
-        row_slot.append(slots)
+        # One attention row serves every class: its runs are found once and repeated per class.
+        thresholds = np.asarray(cfg.attention_thresholds or cfg.thresholds, dtype=np.float64)
+        _, s, e = _candidates(_level(attention[None], cfg), thresholds, cfg)
+        slot = np.repeat(np.arange(classes.size), s.size)
+        found.append((slot, np.tile(s, classes.size), np.tile(e, classes.size), scored, slot))
     if cfg.proposal_source in ("cas", "both"):
-        sequences.append(cas[:, classes].T)
-        row_slot.append(slots)
-    sequences = np.concatenate(sequences)
-    sequences = np.repeat(_minmax(sequences) if cfg.normalize else sequences, up, axis=1)  # [P, T * up]
-    thresholds = np.asarray(cfg.thresholds, dtype=np.float64)[None, :, None]
-    masks = sequences[:, None, :] >= thresholds if cfg.inclusive else sequences[:, None, :] > thresholds
-    row, s, e = _runs(masks.reshape(-1, sequences.shape[1]))  # masks: [P, K, T * up]
-    long_enough = e - s >= cfg.min_length
-    row, s, e = row[long_enough], s[long_enough], e[long_enough]
-    slot = np.concatenate(row_slot)[row // thresholds.size]
+        thresholds = np.asarray(cfg.thresholds, dtype=np.float64)
+        level = _level(cas[:, classes].T, cfg)  # [S, L]
+        row, s, e = _candidates(level, thresholds, cfg)  # row = slot * K + threshold index
+        slot = row // thresholds.size
+        if cfg.zero_below_threshold:
+            below = level[:, None, :] < thresholds[None, :, None]  # [S, K, L]
+            zeroed = np.where(below, 0.0, scored[:, None, :]).reshape(-1, scored.shape[1])  # [S * K, L]
+            found.append((slot, s, e, zeroed, row))
+        else:
+            found.append((slot, s, e, scored, slot))
+    slot, s, e, score = [], [], [], []
+    for part_slot, part_s, part_e, sequence, row in found:
+        slot.append(part_slot)
+        s.append(part_s)
+        e.append(part_e)
+        if cfg.segment_score == "contrast":
+            score.append(_contrast(sequence, row, part_s, part_e, cfg.outer_margin, cfg.margin_rule))
+        else:
+            score.append(_window_max(sequence, row, part_s, part_e))
+    slot, s, e, score = (np.concatenate(x) for x in (slot, s, e, score))
 
-    scored = np.repeat(cas[:, classes], up, axis=0).T  # [S, T * up]
-    contrast = _contrast(scored, slot, s, e, cfg.outer_margin, cfg.margin_rule)
-    score = contrast + cfg.class_score_weight * video_scores[classes][slot]
+    if cfg.class_score == "binary":
+        class_term = passes_class_threshold(video_scores, cfg)[classes].astype(np.float64)
+    else:
+        class_term = video_scores[classes]
+    score = score + cfg.class_score_weight * class_term[slot]
     label = classes[slot].astype(np.int64)
     start, end = s * snippet_seconds / up, e * snippet_seconds / up
-    if duration > 0:
+    if cfg.clip_to_duration and duration > 0:
         start, end = np.clip(start, 0.0, duration), np.clip(end, 0.0, duration)
     # Best first, so that np.unique's first occurrence of a duplicate is its best copy.
     order = np.argsort(-score, kind="stable")
@@ -286,10 +401,11 @@ def localize_video(
     if cfg.nms != "none":
         # Each class contributes at most max_per_video detections, so NMS can stop there.
         cap = cfg.max_per_video
-        offset = cfg.nms_length_offset * snippet_seconds / up
+        offset = cfg.nms_length_offset * (snippet_seconds / up if cfg.nms_offset_unit == "snippets" else 1.0)
         groups = [np.flatnonzero(label == c) for c in classes]
         if cfg.nms == "nms":
-            keep = np.concatenate([g[nms(start[g], end[g], score[g], cfg.nms_iou, cap, offset)] for g in groups])
+            keep = [g[nms(start[g], end[g], score[g], cfg.nms_iou, cap, offset, cfg.nms_inclusive)] for g in groups]
+            keep = np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
             label, start, end, score = label[keep], start[keep], end[keep], score[keep]
         else:
             for g in groups:
@@ -301,7 +417,7 @@ def localize_video(
 
 
 def localize(
-    records: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray, float]],
+    records: Iterable[tuple],
     classes: Iterable[str],
     snippet_seconds: float,
     cfg: InferenceConfig,
@@ -309,17 +425,18 @@ def localize(
     """Detections of many videos.
 
     ``records``: ``(video_name, attention [T], cas [T, C], video_scores [C], duration seconds)``
-    with C = ``len(classes)``; each video name at most once.
+    with C = ``len(classes)``; each video name at most once. A record may end with a sixth item,
+    the seconds per entry of its arrays, which replaces ``snippet_seconds`` for that video (a
+    video scored on resampled snippets, ``inference.test_seqlen``).
     """
     classes = tuple(classes)
     parts, seen = [], set()
-    for name, attention, cas, video_scores, duration in records:
+    for name, attention, cas, video_scores, duration, *own_seconds in records:
         if name in seen:
             raise WtalError(f"{name}: video scored twice; expected each video once")
         seen.add(name)
-        label, start, end, score = localize_video(
-            attention, cas, video_scores, snippet_seconds, duration, cfg, video=name
-        )
+        seconds = own_seconds[0] if own_seconds else snippet_seconds
+        label, start, end, score = localize_video(attention, cas, video_scores, seconds, duration, cfg, video=name)
         if np.shape(cas)[1] != len(classes):  # cas is [T, C] once localize_video accepted it
             raise WtalError(f"{where(name, 'cas')}: expected C = {len(classes)} classes, found {np.shape(cas)[1]}")
         video = np.empty(label.size, dtype=object)

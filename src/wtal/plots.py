@@ -19,14 +19,15 @@ def plot_timelines(
     attention: Sequence[np.ndarray],
     cas: Sequence[np.ndarray],
     classes: Sequence[str],
-    snippet_seconds: float,
+    snippet_seconds: Sequence[float],
     detections: Detections | None = None,
     top_classes: int = 2,
 ) -> Path:
     """Write a PNG with one panel per video.
 
     Per video: attention [T] and the ``top_classes`` strongest class
-    activations ``cas`` [T, C] over time in seconds; ground-truth segments
+    activations ``cas`` [T, C] over time in seconds (``snippet_seconds[i]`` per entry of
+    video i: a video scored on a resampled sequence has its own); ground-truth segments
     (``videos[i]`` may be None for an unannotated video) and detections as bars.
     """
     import matplotlib
@@ -40,7 +41,7 @@ def plot_timelines(
     for row, name in enumerate(names):
         ax = axes[row, 0]
         length = len(attention[row])
-        seconds = (np.arange(length) + 0.5) * snippet_seconds
+        seconds = (np.arange(length) + 0.5) * snippet_seconds[row]
         ax.plot(seconds, attention[row], color="black", lw=1.2, label="attention")
         strongest = np.argsort(-cas[row].max(axis=0))[:top_classes]
         for k, c in enumerate(strongest):
@@ -63,7 +64,7 @@ def plot_timelines(
                     )
             ax.plot([], [], color="tab:red", lw=3, label="detections (top 10)")
         ax.set_ylim(-0.32, 1.05)
-        ax.set_xlim(0, max(length * snippet_seconds, 1e-6))
+        ax.set_xlim(0, max(length * snippet_seconds[row], 1e-6))
         ax.set_title(name, fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper right", ncol=3)
     axes[-1, 0].set_xlabel("seconds")

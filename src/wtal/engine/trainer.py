@@ -243,7 +243,7 @@ def _checkpoint_scores(path: Path, cfg: Config, dataset: FeatureDataset, test_vi
     """Test-subset scores of the model stored in a checkpoint (a resumed run's best/last)."""
     model = build_model(cfg.model, dataset.feature_dim, dataset.num_classes).to(device)
     model.load_state_dict(load_checkpoint(path, map_location=device)["model"])
-    return predict(model, dataset, test_videos, device, cfg.inference.video_topk_divisor)
+    return predict(model, dataset, test_videos, device, cfg.inference)
 
 
 def _on_main(dist: DistContext, make):
@@ -402,14 +402,14 @@ def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: Dis
             bar.set_postfix(loss=f"{record['total']:.4f}")
         evaluated = step in eval_steps
         if evaluated and dist.is_main:
-            scores = predict(model, dataset, test_videos, device, cfg.inference.video_topk_divisor)
+            scores = predict(model, dataset, test_videos, device, cfg.inference)
             result, cls_map = score_detections(detect(scores, dataset, cfg), scores, dataset, cfg)
             summary = result.summary()
             log.write({"step": step, "split": "test", **summary, "cls_mAP": cls_map, "seconds": round(time.time() - started, 1)})
             last_scores = scores
             selected = summary[PRIMARY_METRIC]
             if val_videos:
-                val_scores = predict(model, dataset, val_videos, device, cfg.inference.video_topk_divisor)
+                val_scores = predict(model, dataset, val_videos, device, cfg.inference)
                 val_result, val_cls = score_detections(
                     detect(val_scores, dataset, cfg), val_scores, dataset, cfg, cfg.data.train_subset, fit_names
                 )

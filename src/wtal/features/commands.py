@@ -113,12 +113,12 @@ def detect_video(
     annotations = Annotations(dataset.classes, {name: entry}, {}, source=str(video))
     memory = FeatureDataset.from_arrays(annotations, {name: features}, snippet_seconds, source=str(video))
     torch_device = resolve_device(device)
-    scores = predict(model, memory, [entry], torch_device, cfg.inference.video_topk_divisor)
+    scores = predict(model, memory, [entry], torch_device, cfg.inference)
     detections = detect(scores, memory, cfg)
     detections.save(out / "detections.json")
     plot_timelines(
         out / "timeline.png", [None], [name], [scores[0].attention], [scores[0].cas], dataset.classes,
-        snippet_seconds, detections=detections,
+        [scores[0].snippet_seconds], detections=detections,
     )
     top = np.argsort(-scores[0].video_scores)[:5]
     return {

@@ -40,8 +40,9 @@ class WtalModel(nn.Module):
         """Inference scores, what the model's post-processing (its config's ``inference_defaults``) reads:
 
         ``attention`` [B, T] actionness in [0, 1]; ``cas`` [B, T, C] per-snippet action
-        class scores (never the background channel; in [0, 1] unless the method's authors
-        score segments on unbounded values, as CO2-Net does); ``video_scores`` [B, C] in
-        [0, 1], pooled over the top ``T // video_topk_divisor`` snippets of each video.
+        class scores (never the background channel); ``video_scores`` [B, C] pooled over the
+        top ``T // video_topk_divisor`` snippets of each video. ``cas`` and ``video_scores`` are
+        in [0, 1] unless the method's authors localise on unbounded values (CO2-Net's
+        logits x attention, W-TALC's raw logits and top-k mean logits).
         """
         raise NotImplementedError

@@ -32,18 +32,19 @@ the suppression branch with k = T_real // video_topk_divisor (the authors use th
 training k, divisor 8), action channels; ``attention`` is ``a`` (unused by the authors'
 inference).
 
-Post-processing (``BaSNetConfig.inference_defaults``, the authors' test.py and utils.py as
-far as :mod:`wtal.localize` expresses them): classes with ``video_scores`` >= 0.25;
-proposals where ``cas`` > each of 0, 0.025, ..., 0.225 (the authors: >= the threshold and
-> 0, the same but for exact ties), after 24-fold upsampling; outer-inner contrast with
-margins ceil(0.25 len) before and floor(0.25 len) after; no class-score term (the authors
-add 0.2 x their binarised class score, 0.2 for every segment, which changes no ranking);
-per-class hard NMS at IoU 0.7 with 1 s added to every length and overlap (37.5 upsampled
-snippets of 16/25 s); no cap. Not expressed there: the authors resample every test video to
-750 snippets (index floor(i T / 750)), upsample by linear interpolation instead of repetition,
-take the contrast on the CAS with values below the current threshold set to 0, drop NMS
-boxes at IoU >= 0.7 (not > 0.7), keep no class when none passes (not the best one), and do
-not clip segments to the video's duration.
+Post-processing (``BaSNetConfig.inference_defaults``, the authors' test.py and utils.py; proven
+by tests/test_parity_basnet.py against proposals from their code): every test video is scored on
+750 snippets at floor(i T / 750) (short videos repeat snippets), one resampled snippet lasting
+T / 750 of the video's; classes with ``video_scores`` >= 0.25, none when no class passes; ``cas``
+upsampled 24 times by linear interpolation (extrapolated past the last snippet, as scipy's
+``interp1d``); proposals where it is >= each of 0, 0.025, ..., 0.225 and > 0, scored on the CAS
+with the values below that threshold set to 0: outer-inner contrast with margins ceil(0.25 len)
+before and floor(0.25 len) after, plus 0.2 x the binarised class score (1); segments not clipped
+to the video's duration; per-class hard NMS over all thresholds' proposals dropping IoU >= 0.7,
+with 1 s added to every length and overlap; no cap. Two quirks of the authors' code are not
+reproduced: a video whose only selected class is class 0 gets no detections there (their
+``pred.any()`` tests the class indices), and a class whose only active point is the first one gets
+no proposal (``temp_list.any()`` tests the point indices).
 
 Training data: the authors resample every training video to exactly 750 snippets, one index
 drawn per position with both ends of its range included (``data.sampling=resample``,
@@ -59,7 +60,7 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -97,24 +98,37 @@ class BaSNetConfig(ModelConfig):
     norm_weight: float = 1e-4  # weight of L_norm, the L1 norm of the attention (authors' --alpha) [BaS-Net]
     cls_loss: str = "bce"  # bce: BCE on the softmax probabilities [BaS-Net code] | ce: cross-entropy [BaS-Net paper]
 
-    # The authors' post-processing (test.py, utils.get_proposal_oic and utils.nms; module docstring for
-    # what wtal.localize does not express); inference.* keys override.
+    # The authors' post-processing (test.py, utils.upgrade_resolution, get_proposal_oic and nms);
+    # inference.* keys override.
     inference_defaults: ClassVar[dict] = {
+        "test_seqlen": 750,
+        "test_resample": "all",
         "class_threshold": 0.25,
+        "class_inclusive": True,
+        "class_fallback": False,
         "video_topk_divisor": 8,
         "proposal_source": "cas",
         "thresholds": [float(t) for t in np.arange(0.0, 0.25, 0.025)],
+        "attention_thresholds": [],
         "normalize": False,
-        "inclusive": False,
+        "inclusive": True,
+        "require_positive": True,
         "upsample": 24,
+        "upsample_mode": "linear",
         "min_length": 0,
+        "segment_score": "contrast",
+        "zero_below_threshold": True,
         "outer_margin": 0.25,
         "margin_rule": "ceil_floor",
-        "class_score_weight": 0.0,
+        "class_score_weight": 0.2,
+        "class_score": "binary",
+        "clip_to_duration": False,
         "dedup": False,
         "nms": "nms",
         "nms_iou": 0.7,
-        "nms_length_offset": 37.5,
+        "nms_inclusive": True,
+        "nms_length_offset": 1.0,
+        "nms_offset_unit": "seconds",
         "max_per_video": 0,
     }
 
@@ -152,25 +166,31 @@ class BaSNet(WtalModel):
         self.classifier = nn.Conv1d(h, num_classes + 1, 1, bias=False)  # background is the last channel
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def classify(self, x: Tensor, m: Tensor) -> Tensor:
+    def classify(self, x: Tensor, m: Tensor, enhance: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """The shared CAS module: x [B, D, T], m [B, 1, T] float -> logits [B, T, C+1].
 
         Inputs of each k=3 conv are zeroed on padding, so a real snippet next to padding sees
-        the zeros of the authors' conv padding and padded snippets never reach real ones."""
+        the zeros of the authors' conv padding and padded snippets never reach real ones.
+        enhance: maps the features before the classifier [B, H, T] to what it reads instead
+        (``whole_video_bg`` puts its temporal enhancement network here); None keeps them."""
         y = _act(self.cas_conv1(x * m))
         y = _act(self.cas_conv2(y * m))
+        if enhance is not None:
+            y = enhance(y)
         return self.classifier(self.dropout(y)).transpose(1, 2)
 
-    def forward(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, features: Tensor, mask: Tensor, enhance: Callable[[Tensor], Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """features [B, T, D], mask [B, T] -> attention [B, T] (0 on padding), base_logits and
-        supp_logits [B, T, C+1]."""
+        supp_logits [B, T, C+1]; enhance: as in :meth:`classify`, in both branches."""
         m = mask[:, None, :].to(features.dtype)  # [B, 1, T]
         x = features.transpose(1, 2) * m  # [B, D, T]
         attention = torch.sigmoid(self.filter_out(_act(self.filter_hidden(x)))) * m  # [B, 1, T]
         return {
             "attention": attention.squeeze(1),
-            "base_logits": self.classify(x, m),
-            "supp_logits": self.classify(x * attention, m),
+            "base_logits": self.classify(x, m, enhance),
+            "supp_logits": self.classify(x * attention, m, enhance),
         }
 
     def video_probabilities(self, logits: Tensor, mask: Tensor) -> Tensor:

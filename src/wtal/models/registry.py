@@ -11,7 +11,7 @@ that method's dataclass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from torch import nn
 
@@ -23,6 +23,16 @@ class ModelConfig:
     """Base of every model's config; ``name`` selects the registered model."""
 
     name: str = ""
+
+    # The method's own post-processing (its authors'): InferenceConfig values that replace the
+    # generic defaults; the user's inference.* keys replace both.
+    inference_defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def inference_defaults_for(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The post-processing defaults of a model configured by ``values`` (its ``model:``
+        mapping); a model that wraps another one overrides this to take its base's."""
+        return cls.inference_defaults
 
     def fail(self, source: str, key: str, expected: str) -> None:
         """Raise :class:`WtalError` naming ``model.<key>``, what was expected and what was found."""

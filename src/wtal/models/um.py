@@ -29,8 +29,20 @@ code: the actionness is ``clip((||F_t|| - g_bkg) / (g_act - g_bkg), 0, 1)`` wher
 ``g_bkg`` are the mean magnitudes of the pseudo action and background snippets (a difference
 <= 0 is replaced by 1); the CAS is ``softmax(S) * actionness`` min-max normalised over time per
 class between ``relu(min)`` and ``relu(max)`` (a range <= 0 replaced by 1), clipped to [0, 1];
-their class score is ``p_act`` (``inference.video_topk_divisor`` = r_act). Thresholding and
-proposal scoring are the localizer's (``wtal.localize``).
+their class score is ``p_act`` (``inference.video_topk_divisor`` = r_act).
+
+Post-processing (``UMConfig.inference_defaults``, the authors' test.py and utils.py; proven by
+tests/test_parity_um.py against proposals from their code): a test video longer than 750
+snippets is scored on 750 at floor(i T / 750), one resampled snippet lasting T / 750 of the
+video's (shorter videos are scored whole); classes with ``p_act`` >= 0.2, else the best one;
+the CAS and the actionness upsampled 24 times by linear interpolation (extrapolated past the last
+snippet, as scipy's ``interp1d``); proposals where the CAS is >= each of 0, 0.025, ..., 0.225
+and > 0 (scored on the CAS with the values below that threshold set to 0) and where the
+actionness is >= each of 0.4, 0.425, ..., 0.6 (as their ``np.arange``, 0.425 being
+0.42500000000000004; scored on the plain CAS), runs of at least 2 upsampled snippets;
+outer-inner contrast with margins ceil(0.25 len) before and floor(0.25 len) after, plus 0.2 x
+``p_act``; segments not clipped to the video's duration; per-class hard NMS over the proposals of
+all 19 thresholds dropping IoU >= 0.6, with 1 s added to every length and overlap; no cap.
 
 Where wtal departs from the authors' code, and why:
 
@@ -50,9 +62,11 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Mapping
+from typing import ClassVar, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -84,6 +98,40 @@ class UMConfig(ModelConfig):
     um_weight: float = 5e-4  # weight of the feature-magnitude (uncertainty modelling) loss L_um [UM]
     be_weight: float = 1.0  # weight of the background entropy loss L_be [UM code; 1]
     video_loss: str = "bce"  # bce: BCE on softmax scores, class-averaged [UM code] | ce: categorical [ours]
+
+    # The authors' post-processing (test.py, utils.upgrade_resolution, get_proposal_oic and nms);
+    # inference.* keys override.
+    inference_defaults: ClassVar[dict] = {
+        "test_seqlen": 750,
+        "test_resample": "longer",
+        "class_threshold": 0.2,
+        "class_inclusive": True,
+        "class_fallback": True,
+        "video_topk_divisor": 9,
+        "proposal_source": "both",
+        "thresholds": [float(t) for t in np.arange(0.0, 0.25, 0.025)],
+        "attention_thresholds": [float(t) for t in np.arange(0.4, 0.625, 0.025)],
+        "normalize": False,
+        "inclusive": True,
+        "require_positive": True,
+        "upsample": 24,
+        "upsample_mode": "linear",
+        "min_length": 2,
+        "segment_score": "contrast",
+        "zero_below_threshold": True,
+        "outer_margin": 0.25,
+        "margin_rule": "ceil_floor",
+        "class_score_weight": 0.2,
+        "class_score": "score",
+        "clip_to_duration": False,
+        "dedup": False,
+        "nms": "nms",
+        "nms_iou": 0.6,
+        "nms_inclusive": True,
+        "nms_length_offset": 1.0,
+        "nms_offset_unit": "seconds",
+        "max_per_video": 0,
+    }
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
@@ -146,29 +194,45 @@ def minmax_over_time(x: Tensor, mask: Tensor) -> Tensor:
 
 @register_model("um", UMConfig)
 class UncertaintyModeling(WtalModel):
-    """Embedding + C-way classifier; feature magnitudes separate action from background."""
+    """Embedding + C-way classifier; feature magnitudes separate action from background.
 
-    def __init__(self, cfg: UMConfig, in_dim: int, num_classes: int):
+    ``background_row`` (for ``whole_video_bg``'s background loss; UM itself has none) adds a
+    background row to the classifier; its logits are the ``background_logits`` output, which
+    nothing of UM's own loss or scores reads."""
+
+    def __init__(self, cfg: UMConfig, in_dim: int, num_classes: int, background_row: bool = False):
         super().__init__(cfg, num_classes)
         self.embed = nn.Conv1d(in_dim, cfg.embed_dim, 3, padding=1)
-        self.classifier = nn.Conv1d(cfg.embed_dim, num_classes, 1, bias=False)
+        self.classifier = nn.Conv1d(cfg.embed_dim, num_classes + int(background_row), 1, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, features: Tensor, mask: Tensor, keep: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        features: Tensor,
+        mask: Tensor,
+        keep: Tensor | None = None,
+        enhance: Callable[[Tensor], Tensor] | None = None,
+    ) -> dict[str, Tensor]:
         """features [B, T, D], mask [B, T] -> embedding [B, T, H]; magnitude ||F_t|| and
         attention (the actionness) [B, T]; cas_logits S [B, T, C]; act_weights and bkg_weights
         [B, T] (pseudo action / background selections, 1/k on each chosen snippet);
         video_logits (top-k_act mean of S) and bkg_logits (mean of S over the pseudo
-        background) [B, C].
+        background) [B, C]; with the background row, background_logits [B, T].
 
         keep [B, T] bool: the snippets that may be mined as pseudo action/background. By
         default each real snippet is kept with probability 1 - select_dropout in training and
         every real snippet in eval mode; a given mask (e.g. a recorded draw) is used as is.
+        enhance: maps the embedding [B, H, T] to what the classifier, the magnitudes and
+        ``embedding`` then read (``whole_video_bg`` puts its temporal enhancement network here);
+        None keeps it.
         """
         cfg = self.cfg
         m = mask[:, None, :].to(features.dtype)
         e = F.relu(self.embed(features.transpose(1, 2) * m))  # [B, H, T]
-        s = self.classifier(self.dropout(e)).transpose(1, 2)  # [B, T, C]
+        if enhance is not None:
+            e = enhance(e)
+        logits = self.classifier(self.dropout(e)).transpose(1, 2)  # [B, T, C (+1 background row)]
+        s = logits[..., : self.num_classes]  # [B, T, C]
         magnitude = e.norm(dim=1)  # [B, T]
         if keep is None:
             keep = mask
@@ -185,7 +249,7 @@ class UncertaintyModeling(WtalModel):
             span = g_act - g_bkg
             span = torch.where(span > 0, span, torch.ones_like(span))
             attention = ((magnitude - g_bkg) / span).clamp(0.0, 1.0) * mask.to(magnitude.dtype)
-        return {
+        outputs = {
             "embedding": e.transpose(1, 2),
             "magnitude": magnitude,
             "attention": attention,
@@ -195,6 +259,9 @@ class UncertaintyModeling(WtalModel):
             "video_logits": topk_mean(s, mask, cfg.r_act),
             "bkg_logits": torch.einsum("bt,btc->bc", bkg_weights, s),
         }
+        if logits.shape[-1] > self.num_classes:
+            outputs["background_logits"] = logits[..., -1]
+        return outputs
 
     def loss(self, outputs: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """labels [B, C] multi-hot -> {"total", "cls", "um", "be"} scalars."""

@@ -26,11 +26,21 @@ class (the authors divide 0 by 0), ``L_casl`` is 0; each cosine's denominator is
 ``wtal.losses.COSINE_EPS``; the sampler (``wtal.data.sampling``) draws the two videos of a
 pair without replacement, where W-TALC's code may draw one video twice.
 
-Scores: W-TALC localises on the raw logits ``S`` (per class, per video: snippets above the
-midpoint of ``S[:, c]``'s range). ``cas`` is ``S`` min-max normalised per class over each
-video's real snippets, so that threshold is 0.5 of ``cas``; ``attention`` is its max over
-the classes; ``video_scores`` is sigmoid of the top-k mean of ``S``, above 0.5 exactly
-where that mean is positive (W-TALC keeps a class when its top-(T/8) mean logit is > 0).
+Scores: W-TALC localises on the raw logits, so ``cas`` is ``S`` itself (unbounded) and
+``video_scores`` the raw mean of the k = T_real // video_topk_divisor largest logits of each
+class (floored at 1; the authors' k = floor(T / 8)); ``attention`` is the maximum over the
+classes of ``S`` min-max normalised per class over each video's real snippets (0 where
+``S[:, c]`` is constant; unused by the post-processing).
+
+Post-processing (``WTALCConfig.inference_defaults``, the authors' detectionMAP.getLocMAP; proven
+by tests/test_parity_wtalc.py against segments from their code): the whole video, classes whose
+top-k mean logit is > 0 (none when no class passes); per class, snippets whose logit is above the
+midpoint of the video's range (min-max normalised > 0.5), runs of at least 2 snippets; score =
+the maximum logit inside + 0.7 x the top-k mean; no NMS, no cap, no clipping. Where the authors'
+code differs: below 8 snippets their top-k mean is over nothing (NaN, so no class), here k is 1;
+a class whose logits are all equal has no segment there and one whole-video candidate here
+(``wtal.localize`` normalises a constant sequence to ones), which runs of >= 2 snippets keep
+unless the video has one snippet.
 
 Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``;
 ``mask`` [B, T] bool marks real snippets.
@@ -39,7 +49,7 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +81,32 @@ class WTALCConfig(ModelConfig):
     similar_pairs: int = 3  # same-class pairs at the start of each training batch, used by L_casl (0: none) [W-TALC code]
     mil_weight: float = 0.5  # weight of L_mil (Lambda) [W-TALC code]
     casl_weight: float = 0.5  # weight of L_casl (1 - Lambda) [W-TALC code]
+
+    # The authors' post-processing (detectionMAP.getLocMAP); inference.* keys override.
+    inference_defaults: ClassVar[dict] = {
+        "test_seqlen": 0,
+        "class_threshold": 0.0,
+        "class_inclusive": False,
+        "class_fallback": False,
+        "video_topk_divisor": 8,
+        "proposal_source": "cas",
+        "thresholds": [0.5],
+        "attention_thresholds": [],
+        "normalize": True,
+        "inclusive": False,
+        "require_positive": False,
+        "upsample": 1,
+        "upsample_mode": "repeat",
+        "min_length": 2,
+        "segment_score": "max",
+        "zero_below_threshold": False,
+        "class_score_weight": 0.7,
+        "class_score": "score",
+        "clip_to_duration": False,
+        "dedup": False,
+        "nms": "none",
+        "max_per_video": 0,
+    }
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
@@ -139,17 +175,18 @@ class WTALC(WtalModel):
     def scores(
         self, outputs: dict[str, Tensor], mask: Tensor, video_topk_divisor: int = 10
     ) -> dict[str, Tensor]:
-        """cas [B, T, C]: S min-max normalised per class over each video's real snippets (0 where
-        S[:, c] is constant); attention [B, T]: max over classes of cas; video_scores [B, C]:
-        sigmoid of the top-k mean of S (k = max(1, T_real // video_topk_divisor)). Padded positions are 0."""
+        """cas [B, T, C]: the raw logits S; video_scores [B, C]: the raw mean of the top
+        k = max(1, T_real // video_topk_divisor) logits of each class (the authors' divisor is 8);
+        attention [B, T]: max over classes of S min-max normalised per class over each video's
+        real snippets (0 where S[:, c] is constant). Padded positions are 0."""
         s = outputs["cas_logits"]
         real = mask[..., None]
         low = s.masked_fill(~real, float("inf")).amin(1, keepdim=True)  # [B, 1, C]
         high = s.masked_fill(~real, float("-inf")).amax(1, keepdim=True)
         span = high - low
-        cas = torch.where(real & (span > 0), (s - low) / span.clamp(min=torch.finfo(s.dtype).tiny), 0.0)
+        normalised = torch.where(real & (span > 0), (s - low) / span.clamp(min=torch.finfo(s.dtype).tiny), 0.0)
         return {
-            "attention": cas.amax(-1),
-            "cas": cas,
-            "video_scores": torch.sigmoid(topk_mean(s, mask, video_topk_divisor)),
+            "attention": normalised.amax(-1),
+            "cas": s.masked_fill(~real, 0.0),
+            "video_scores": topk_mean(s, mask, video_topk_divisor),
         }
