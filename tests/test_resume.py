@@ -204,8 +204,8 @@ def test_resume_with_more_iterations_continues(tiny_dataset, tmp_path):
 def test_resume_refuses_a_different_config(tiny_dataset, tmp_path):
     cfg = load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=4))
     train(cfg, progress=False)
-    changed = load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=4) + ["train.lr=0.01", "model.alpha=0.2"])
-    with pytest.raises(WtalError, match=r"differing keys: model\.alpha: .*train\.lr: checkpoint 0\.001, now 0\.01"):
+    changed = load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=4) + ["train.lr=0.01", "model.norm_weight=0.2"])
+    with pytest.raises(WtalError, match=r"differing keys: model\.norm_weight: .*train\.lr: checkpoint 0\.001, now 0\.01"):
         train(changed, progress=False, resume=True)
     fewer = load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=2))
     with pytest.raises(WtalError, match="past train.iterations=2"):

@@ -60,7 +60,7 @@ padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -211,9 +211,14 @@ class CO2Net(WtalModel):
         if cfg.init == "kaiming":
             kaiming_init(self)
 
-    def forward(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, features: Tensor, mask: Tensor, enhance: Callable[[Tensor], Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """features [B, T, D], mask [B, T] -> attention, attention_rgb, attention_flow [B, T];
-        cas_logits S and cas_fg_logits S_supp [B, T, C+1]; fused features X [B, T, D]."""
+        cas_logits S and cas_fg_logits S_supp [B, T, C+1]; fused features X [B, T, D].
+
+        enhance: maps X [B, D, T] to what the classifier, the co-activity loss and ``fused`` then
+        read (``whole_video_bg`` puts its temporal enhancement network here); None keeps X."""
         m = mask[:, None, :].to(features.dtype)
         x = features.transpose(1, 2) * m  # [B, D, T]
         rgb, flow = x[:, : self.width], x[:, self.width :]
@@ -221,6 +226,8 @@ class CO2Net(WtalModel):
         a_flow, flow_filtered = self.flow_consensus(flow, rgb, mask, m)
         attention = (a_rgb + a_flow) / 2
         fused = self.dropout(_act(self.fusion(torch.cat([rgb_filtered, flow_filtered], 1))))
+        if enhance is not None:
+            fused = enhance(fused)
         h = self.dropout(_act(self.hidden(self.dropout(fused) * m)))
         s = self.classifier(h).transpose(1, 2)  # [B, T, C+1]
         s_min = s.amin(-1, keepdim=True)

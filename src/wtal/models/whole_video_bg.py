@@ -1,100 +1,232 @@
 """Forcing the whole video as background (Li et al., ACM MM 2022), as reconstructed in docs/method.md.
 
-Network: embedding -> temporal enhancement network (TEN: base branch + temporal
-continuity branch) -> attention ``a`` and class scores ``S`` with a background
-channel (last); attention-suppressed scores ``S_fg = a * (S - min S) + min S``, the
-minimum taken over the C+1 classes of each snippet (``suppress_min="class"``, what
-the CO2-Net code does) or over the real snippets of each channel (``"time"``).
+The paper's two contributions are parts that sit on a base model, ``model.base``:
 
-Loss: ``L_fg + beta * L_bg + alpha * L_norm`` where ``L_fg`` is the cross-entropy
-of top-k pooled ``S_fg`` against ``normalize([y, 0])``, ``L_bg`` forces the whole
-video (``S`` pooled over every real snippet) to the background class with
-background gradient reinforcement (``reading`` A, B or C), and ``L_norm`` is the
-mean attention.
+* ``plain`` (default): our embedding network. ``E = Dropout(act(conv_k3(X)))`` [B, H, T];
+  attention ``a = sigmoid(conv_k1(Dropout(act(conv_k3(F)))))`` and class scores
+  ``S = conv_k1(Dropout(F))`` over C+1 channels (background last), both read from the
+  features ``F`` (``E``, or the TEN's output); attention-suppressed scores
+  ``S_fg = a * (S - min S) + min S``, the minimum taken over the C+1 classes of each
+  snippet (``suppress_min="class"``, what the CO2-Net code does) or over the real snippets
+  of each channel (``"time"``). Loss ``L_fg + norm_weight * L_norm``: ``L_fg`` is the
+  cross-entropy of top-k pooled ``S_fg`` against ``normalize([y, 0])``, ``L_norm`` the mean
+  attention. Its settings are the ``model.*`` fields of :class:`PlainConfig`.
+* ``co2net``, ``basnet``, ``um``: the registered baselines, built inside as they are
+  (``src/wtal/models/co2net.py``, ``basnet.py``, ``um.py``, each proven against its
+  authors' code) with their own config values; ``model.base_config`` overrides them, e.g.
+  ``model.base_config.embed_dim=256``. Their whole loss stays (e.g. CO2-Net's orig, supp,
+  coactivity, mutual, norm and guide terms) and so do their scores. With ``ten=off`` and
+  ``bg_loss=false`` this model computes exactly its base (tests/test_models.py).
 
-What we measured while choosing the defaults (synthetic THUMOS14 and tiny presets):
-* under readings A and C, lambda multiplies the background gradient exactly as beta
-  does, so only the product beta * lambda matters; reading B ignores lambda and its
+The temporal enhancement network (TEN, ``model.ten``: both | base | continuity | off) enhances
+the base's features just before its classifier, through the base's ``enhance`` hook; what
+comes after that point reads the enhanced features:
+* plain: ``E`` (its attention head and classifier read ``F = TEN(E)``);
+* co2net: the fused features ``X`` (its classifier and co-activity loss);
+* basnet: the CAS module's features after its second conv, in both branches (one TEN,
+  shared by the branches as the CAS module is);
+* um: the embedding (its classifier and the feature magnitudes, its actionness).
+Base branch ``act(conv_k3(E))``; temporal continuity branch over affinity snippets
+(``continuity``: cosine affinity within ``window`` neighbours, softmax with temperature
+``tau``, ``Cc_t = sum_j A[t, j] phi(E_j)``; or dilated convs; or non-local affinity);
+``both`` fuses them by a sum or a 1x1 conv over their concatenation.
+
+The background loss (``model.bg_loss``) forces the whole video (scores pooled over every real
+snippet) to the base's background channel, the last, with background gradient reinforcement
+(``reading`` A, B or C). It is added to the base's loss: ``L_base + bg_weight * L_bg``, the
+weight ramped in linearly over the first ``bg_warmup`` of training. The scores it forces,
+``bg_input`` cas | cas_fg: plain and co2net ``S`` | ``S_fg``; basnet ``S_base`` | ``S_supp``;
+um ``[S, s_bg]`` (cas only: UM has no suppressed scores). UM has no background channel: when
+the background loss is on, its classifier gets a background row ``s_bg`` (one more bias-free
+output), trained by the background loss alone; UM's own loss and scores read the C action
+channels, so the competition with its foreground loss (L_cls) goes through the shared
+features and action logits only.
+
+What we measured while choosing the defaults (plain base; synthetic THUMOS14 and tiny presets):
+* under readings A and C, lambda multiplies the background gradient exactly as bg_weight
+  does, so only the product bg_weight * lambda matters; reading B ignores lambda and its
   backward is reading A's at lambda = 1, so it trains exactly as A with lambda = 1
   (only the logged loss value differs);
 * the competition has a collapse mode: once the background force beats the
   foreground force, the attention saturates (all 0 or all 1) and localization
-  fails. beta = 1 collapsed at every lambda, beta >= 0.1 collapsed on the thumos14
-  preset; beta = 0.03 ramped in over the first half of training (``bg_warmup``)
-  did not, and beat the model without the background loss in that run;
-* alpha = 0.8 (CO2-Net's scale) drove the attention to 0 even without the
-  background loss; alpha = 0.1 did not.
+  fails. bg_weight = 1 collapsed at every lambda, bg_weight >= 0.1 collapsed on the
+  thumos14 preset; bg_weight = 0.03 ramped in over the first half of training
+  (``bg_warmup``) did not, and beat the model without the background loss in that run;
+* norm_weight = 0.8 (CO2-Net's scale) drove the attention to 0 even without the
+  background loss; norm_weight = 0.1 did not.
 The ablation report (reports/thumos14_synthetic_report, 3 seeds, demo cut) kept these:
 the background loss helps with the full TEN (+4.6 ± 1.9 avg mAP), lambda > 1 does
 not (lambda 5 and 10 collapse), reading C is ahead of A by +3.7 ± 2.4 (within 2
 standard errors, so A stays the default).
 
-Shapes: B videos, T snippets, D feature width, C action classes,
-H ``embed_dim``; ``mask`` [B, T] bool marks real snippets.
+Shapes: B videos, T snippets, D feature width, C action classes, H the width of the
+features the TEN enhances (plain: ``embed_dim``; co2net: D; basnet, um: their
+``embed_dim``); ``mask`` [B, T] bool marks real snippets.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wtal.errors import WtalError
 from wtal.losses import masked_mean, masked_min, scale_grad, topk_mean, video_cross_entropy
 from wtal.models.base import WtalModel
-from wtal.models.registry import ModelConfig, register_model
+from wtal.models.registry import ModelConfig, build_model, model_config_class, register_model
+from wtal.models.um import UncertaintyModeling
 
-NEGATIVE_SLOPE = 0.2  # LeakyReLU slope [base: CO2-Net]
+NEGATIVE_SLOPE = 0.2  # LeakyReLU slope of the plain base and the TEN [base: CO2-Net]
 DILATIONS = (1, 2, 4)  # continuity="dilated": a stack of k=3 convs with these dilations
 
 _CHOICES = {
-    "ten": ("both", "base", "continuity"),
+    "base": ("plain", "co2net", "basnet", "um"),
+    "ten": ("both", "base", "continuity", "off"),
     "continuity": ("local_affinity", "dilated", "nonlocal"),
     "fusion": ("sum", "concat"),
     "bg_pool": ("mean", "topk"),
     "reading": ("A", "B", "C"),
-    "suppress_min": ("class", "time"),
     "bg_input": ("cas", "cas_fg"),
 }
+# The base config's top-k ratio, which bg_pool="topk" uses too.
+_TOPK_FIELD = {"plain": "topk_r", "co2net": "topk_r", "basnet": "topk_r", "um": "r_act"}
 
 
 @dataclass
-class WholeVideoBgConfig(ModelConfig):
-    name: str = "whole_video_bg"
+class PlainConfig(ModelConfig):
+    """The plain base's settings (top-level ``model.*`` fields of ``whole_video_bg``)."""
+
+    name: str = "plain"
     embed_dim: int = 2048  # width H of the embedding and the TEN [base]
     attention_dim: int = 512  # hidden width of the attention head [base]
     dropout: float = 0.7  # dropout after the embedding and before the classifier [base]
     attention_dropout: float = 0.5  # dropout inside the attention head [base]
-    ten: str = "both"  # TEN branches: both | base | continuity [ours]
-    continuity: str = "local_affinity"  # continuity branch: local_affinity | dilated | nonlocal [ours]
-    window: int = 2  # local_affinity: neighbours with |t - j| <= window [ours]
-    tau: float = 0.1  # temperature of the affinity softmax (local_affinity, nonlocal) [ours]
-    fusion: str = "sum"  # ten=both: sum of the branches | concat (1x1 conv over both) [ours]
     suppress_min: str = "class"  # min S in S_fg: class (per snippet, CO2-Net code) | time (method.md) [ours]
     topk_r: int = 7  # top-k pooling, k = max(1, T_real // topk_r): 7 THUMOS14, 5 ActivityNet [base]
-    bg_loss: bool = True  # whole-video background loss on (false: ablation B0) [ours]
-    bg_input: str = "cas"  # scores forced to background: cas (S) | cas_fg (S_fg) [ours]
-    bg_pool: str = "mean"  # background pooling of S over real snippets: mean | topk (topk_r) [ours]
-    reading: str = "A"  # reinforcement: A grad-scale | B BaS-Net value, bg gradient | C per snippet [ours]
-    lam: float = 1.0  # reinforcement lambda (A, C; B ignores it): gradient-equivalent to beta * lam [ours]
-    alpha: float = 0.1  # weight of the attention sparsity loss (0.8 at CO2-Net scale collapsed it here) [ours]
-    beta: float = 0.03  # weight of the background loss; >= 0.1 collapsed the attention here [ours]
-    bg_warmup: float = 0.5  # fraction of training over which beta ramps up linearly from 0 [ours]
+    norm_weight: float = 0.1  # weight of the attention sparsity loss (0.8 at CO2-Net scale collapsed it here) [ours]
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
         self.check(
             source,
-            choices=_CHOICES,
-            counts=("embed_dim", "attention_dim", "window", "topk_r"),
-            positive=("tau", "lam"),
-            non_negative=("alpha", "beta"),
+            choices={"suppress_min": ("class", "time")},
+            counts=("embed_dim", "attention_dim", "topk_r"),
+            non_negative=("norm_weight",),
             probabilities=("dropout", "attention_dropout"),
+        )
+
+
+PLAIN_FIELDS = tuple(f.name for f in dataclasses.fields(PlainConfig) if f.name != "name")
+
+
+@dataclass
+class WholeVideoBgConfig(PlainConfig):
+    """The plain base's fields (inherited), the base model, the TEN and the background loss."""
+
+    name: str = "whole_video_bg"
+    base: str = "plain"  # base model the TEN and the background loss sit on: plain | co2net | basnet | um [ours]
+    base_config: dict[str, Any] = field(default_factory=dict)  # overrides of the base's config (not plain) [ours]
+    ten: str | bool = "both"  # TEN branches: both | base | continuity | off (YAML reads off as false) [ours]
+    continuity: str = "local_affinity"  # continuity branch: local_affinity | dilated | nonlocal [ours]
+    window: int = 2  # local_affinity: neighbours with |t - j| <= window [ours]
+    tau: float = 0.1  # temperature of the affinity softmax (local_affinity, nonlocal) [ours]
+    fusion: str = "sum"  # ten=both: sum of the branches | concat (1x1 conv over both) [ours]
+    bg_loss: bool = True  # whole-video background loss on (false: ablation B0) [ours]
+    bg_input: str = "cas"  # scores forced to background: cas (S; basnet S_base) | cas_fg (S_fg; basnet S_supp) [ours]
+    bg_pool: str = "mean"  # background pooling over real snippets: mean | topk (the base's top-k ratio) [ours]
+    reading: str = "A"  # reinforcement: A grad-scale | B BaS-Net value, bg gradient | C per snippet [ours]
+    lam: float = 1.0  # reinforcement lambda (A, C; B ignores it): gradient-equivalent to bg_weight * lam [ours]
+    bg_weight: float = 0.03  # weight of the background loss; >= 0.1 collapsed the attention here [ours]
+    bg_warmup: float = 0.5  # fraction of training over which bg_weight ramps up linearly from 0 [ours]
+
+    def __post_init__(self) -> None:
+        if self.ten is False:  # YAML 1.1 reads ten: off (and model.ten=off) as false
+            self.ten = "off"
+
+    @classmethod
+    def inference_defaults_for(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The base's post-processing: its authors' for co2net, basnet and um, the generic for plain."""
+        base = values.get("base", cls.base)
+        if base not in _CHOICES["base"] or base == "plain":
+            return {}
+        return model_config_class(base).inference_defaults_for(values.get("base_config") or {})
+
+    def validate(self, source: str = "config") -> None:
+        """Raise :class:`WtalError` naming ``model.<field>`` (or ``model.base_config.<key>``)
+        for a bad choice or range, here or in the base's config."""
+        self.check(
+            source,
+            choices=_CHOICES,
+            counts=("window",),
+            positive=("tau", "lam"),
+            non_negative=("bg_weight",),
             flags=("bg_loss",),
         )
         if not 0 <= self.bg_warmup <= 1:
             self.fail(source, "bg_warmup", "a fraction in [0, 1]")
+        if self.base == "um" and self.bg_input == "cas_fg":
+            self.fail(source, "bg_input", "cas with model.base=um (UM has no attention-suppressed scores)")
+        base_cfg = self.base_model_config(source)
+        base_cfg.validate(source if self.base == "plain" else f"{source}: model.base_config ({self.base})")
+
+    def base_model_config(self, source: str = "config") -> ModelConfig:
+        """The base's config: :class:`PlainConfig` from the plain fields, or the registered
+        base's config dataclass with ``base_config`` applied to its defaults."""
+        if not isinstance(self.base_config, Mapping):
+            self.fail(source, "base_config", "a mapping of keys of model.base's config")
+        if self.base == "plain":
+            if self.base_config:
+                plain_keys = ", ".join(f"model.{key}" for key in PLAIN_FIELDS)
+                self.fail(source, "base_config", f"no keys with model.base=plain (its settings are {plain_keys})")
+            return PlainConfig(**{key: getattr(self, key) for key in PLAIN_FIELDS})
+        config_class = model_config_class(self.base)
+        keys = sorted(f.name for f in dataclasses.fields(config_class) if f.name != "name")
+        defaults = PlainConfig()
+        for key in PLAIN_FIELDS:
+            if getattr(self, key) != getattr(defaults, key):
+                own = f"; the {self.base} base's own is model.base_config.{key}" if key in keys else ""
+                self.fail(
+                    source,
+                    key,
+                    f"the default {getattr(defaults, key)!r} with model.base={self.base} (model.{key} is the plain "
+                    f"base's{own})",
+                )
+        hints = typing.get_type_hints(config_class)
+        values = {}
+        for key, value in self.base_config.items():
+            if key not in keys:
+                raise WtalError(f"{source}: model.base_config.{key}: not a key of {self.base}'s config; expected one of {keys}")
+            values[key] = _typed(value, hints[key], f"{source}: model.base_config.{key}")
+        return config_class(name=self.base, **values)
+
+    @property
+    def similar_pairs(self) -> int:
+        """Same-class video pairs the sampler puts at the start of each batch: the base's (CO2-Net
+        asks for them), else 0."""
+        return getattr(self.base_model_config(), "similar_pairs", 0)
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """A ``base_config`` value checked against its field's type (bool, int, float or str); YAML 1.1
+    reads ``1e-3`` as a string, which a float field takes as the number."""
+    if hint not in (bool, int, float, str):
+        return value
+    if hint is float and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
+    accepted = {bool: (bool,), int: (int,), float: (int, float), str: (str, int, float)}[hint]
+    if not isinstance(value, accepted) or (hint is not bool and isinstance(value, bool)):
+        raise WtalError(f"{where}: expected {expected}, found {value!r}")
+    return hint(value)
 
 
 def _act(x: Tensor) -> Tensor:
@@ -106,26 +238,82 @@ def _conv(conv: nn.Conv1d, x: Tensor, m: Tensor) -> Tensor:
     return conv(x * m)
 
 
-@register_model("whole_video_bg", WholeVideoBgConfig)
-class WholeVideoBackground(WtalModel):
-    """Embedding + TEN + attention + (C+1)-way classifier, trained with the whole video as background."""
+class PlainBase(WtalModel):
+    """The plain base: embedding, then attention head and (C+1)-way classifier on its features."""
 
-    def __init__(self, cfg: WholeVideoBgConfig, in_dim: int, num_classes: int):
+    def __init__(self, cfg: PlainConfig, in_dim: int, num_classes: int):
         super().__init__(cfg, num_classes)
         h = cfg.embed_dim
         self.embed = nn.Conv1d(in_dim, h, 3, padding=1)
-        self.base = nn.Conv1d(h, h, 3, padding=1) if cfg.ten != "continuity" else None
+        self.attention_hidden = nn.Conv1d(h, cfg.attention_dim, 3, padding=1)
+        self.attention_out = nn.Conv1d(cfg.attention_dim, 1, 1)
+        self.classifier = nn.Conv1d(h, num_classes + 1, 1)  # background is the last channel
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.attention_dropout = nn.Dropout(cfg.attention_dropout)
+
+    def forward(
+        self, features: Tensor, mask: Tensor, enhance: Callable[[Tensor], Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """features [B, T, D], mask [B, T] -> attention [B, T], cas_logits S and cas_fg_logits
+        S_fg [B, T, C+1], embedding E and features F (what the heads read) [B, T, H].
+        enhance: maps E [B, H, T] to F (the TEN); None: F = E."""
+        m = mask[:, None, :].to(features.dtype)  # [B, 1, T]
+        e = self.dropout(_act(_conv(self.embed, features.transpose(1, 2), m)))  # [B, H, T]
+        f = e if enhance is None else enhance(e)
+        hidden = self.attention_dropout(_act(_conv(self.attention_hidden, f, m)))
+        attention = torch.sigmoid(self.attention_out(hidden)).squeeze(1)  # [B, T]
+        s = self.classifier(self.dropout(f)).transpose(1, 2)  # [B, T, C+1]
+        if self.cfg.suppress_min == "class":
+            s_min = s.amin(-1, keepdim=True)  # [B, T, 1]: a -> 0 makes a snippet class-neutral
+        else:
+            s_min = masked_min(s, mask)[:, None, :]  # [B, 1, C+1], over real snippets only
+        s_fg = attention[..., None] * (s - s_min) + s_min
+        return {
+            "attention": attention,
+            "cas_logits": s,
+            "cas_fg_logits": s_fg,
+            "embedding": e.transpose(1, 2),
+            "features": f.transpose(1, 2),
+        }
+
+    def loss(self, outputs: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """labels [B, C] multi-hot -> {"total", "fg", "norm"} scalars."""
+        actions_only = torch.cat([labels, labels.new_zeros(labels.shape[0], 1)], 1)  # [y, 0]
+        fg = video_cross_entropy(topk_mean(outputs["cas_fg_logits"], mask, self.cfg.topk_r), actions_only)
+        norm = masked_mean(outputs["attention"], mask).mean()
+        return {"total": fg + self.cfg.norm_weight * norm, "fg": fg, "norm": norm}
+
+    def scores(
+        self, outputs: dict[str, Tensor], mask: Tensor, video_topk_divisor: int = 10
+    ) -> dict[str, Tensor]:
+        """attention [B, T]; cas [B, T, C]: softmax of S_fg over all C+1 channels, action channels;
+        video_scores [B, C]: softmax over the C action channels of the top-k mean of S_fg
+        (k = max(1, T_real // video_topk_divisor)). The background channel, high everywhere after
+        training, never enters video scores. Padded positions are 0."""
+        m = mask.to(outputs["attention"].dtype)
+        s_fg = outputs["cas_fg_logits"]
+        actions = s_fg[..., :-1]
+        return {
+            "attention": outputs["attention"] * m,
+            "cas": torch.softmax(s_fg, -1)[..., :-1] * m[..., None],
+            "video_scores": torch.softmax(topk_mean(actions, mask, video_topk_divisor), -1),
+        }
+
+
+class TemporalEnhancement(nn.Module):
+    """TEN: base branch and/or temporal continuity branch, fused; [B, H, T] -> [B, H, T]."""
+
+    def __init__(self, cfg: WholeVideoBgConfig, width: int):
+        super().__init__()
+        self.cfg = cfg
+        h = width
+        self.base_branch = nn.Conv1d(h, h, 3, padding=1) if cfg.ten != "continuity" else None
         self.dilated = self.phi = None
         if cfg.ten != "base" and cfg.continuity == "dilated":
             self.dilated = nn.ModuleList(nn.Conv1d(h, h, 3, padding=d, dilation=d) for d in DILATIONS)
         elif cfg.ten != "base":
             self.phi = nn.Conv1d(h, h, 1)
         self.fuse = nn.Conv1d(2 * h, h, 1) if cfg.ten == "both" and cfg.fusion == "concat" else None
-        self.attention_hidden = nn.Conv1d(h, cfg.attention_dim, 3, padding=1)
-        self.attention_out = nn.Conv1d(cfg.attention_dim, 1, 1)
-        self.classifier = nn.Conv1d(h, num_classes + 1, 1)  # background is the last channel
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.attention_dropout = nn.Dropout(cfg.attention_dropout)
 
     def _continuity(self, e: Tensor, mask: Tensor, m: Tensor) -> Tensor:
         """Temporal continuity branch: e [B, H, T] -> [B, H, T]."""
@@ -143,50 +331,70 @@ class WholeVideoBackground(WtalModel):
         affinity = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
         return torch.bmm(self.phi(e), affinity.transpose(1, 2))  # Cc_t = sum_j A[t, j] phi(E_j)
 
-    def forward(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        """features [B, T, D], mask [B, T] -> attention [B, T], cas_logits S and cas_fg_logits S_fg
-        [B, T, C+1], embedding and fused TEN features [B, T, H]."""
-        m = mask[:, None, :].to(features.dtype)  # [B, 1, T]
-        e = self.dropout(_act(_conv(self.embed, features.transpose(1, 2), m)))  # [B, H, T]
+    def forward(self, e: Tensor, mask: Tensor) -> Tensor:
+        """e [B, H, T] (the base's features), mask [B, T] -> enhanced features [B, H, T]."""
+        m = mask[:, None, :].to(e.dtype)  # [B, 1, T]
         branches = []
-        if self.base is not None:
-            branches.append(_act(_conv(self.base, e, m)))
+        if self.base_branch is not None:
+            branches.append(_act(_conv(self.base_branch, e, m)))
         if self.cfg.ten != "base":
             branches.append(self._continuity(e, mask, m))
         if len(branches) == 1:
-            f = branches[0]
-        elif self.fuse is not None:
-            f = self.fuse(torch.cat(branches, 1))
-        else:
-            f = branches[0] + branches[1]
-        hidden = self.attention_dropout(_act(_conv(self.attention_hidden, f, m)))
-        attention = torch.sigmoid(self.attention_out(hidden)).squeeze(1)  # [B, T]
-        s = self.classifier(self.dropout(f)).transpose(1, 2)  # [B, T, C+1]
-        if self.cfg.suppress_min == "class":
-            s_min = s.amin(-1, keepdim=True)  # [B, T, 1]: a -> 0 makes a snippet class-neutral
-        else:
-            s_min = masked_min(s, mask)[:, None, :]  # [B, 1, C+1], over real snippets only
-        s_fg = attention[..., None] * (s - s_min) + s_min
-        return {
-            "attention": attention,
-            "cas_logits": s,
-            "cas_fg_logits": s_fg,
-            "embedding": e.transpose(1, 2),
-            "ten_features": f.transpose(1, 2),
-        }
+            return branches[0]
+        if self.fuse is not None:
+            return self.fuse(torch.cat(branches, 1))
+        return branches[0] + branches[1]
+
+
+def _build_base(cfg: WholeVideoBgConfig, in_dim: int, num_classes: int) -> WtalModel:
+    """The base model of ``cfg.base`` (UM with a background row when the background loss is on)."""
+    base_cfg = cfg.base_model_config()
+    if cfg.base == "plain":
+        return PlainBase(base_cfg, in_dim, num_classes)
+    if cfg.base == "um":
+        return UncertaintyModeling(base_cfg, in_dim, num_classes, background_row=cfg.bg_loss)
+    return build_model(base_cfg, in_dim, num_classes)
+
+
+def _enhanced_width(cfg: WholeVideoBgConfig, base: WtalModel) -> int:
+    """Channels of the base's features at its enhance hook: CO2-Net's fused X feeds its hidden
+    conv, the other bases' features feed their classifier."""
+    return base.hidden.in_channels if cfg.base == "co2net" else base.classifier.in_channels
+
+
+@register_model("whole_video_bg", WholeVideoBgConfig)
+class WholeVideoBackground(WtalModel):
+    """A base model (``self.base``) + TEN before its classifier + the whole-video background loss."""
+
+    def __init__(self, cfg: WholeVideoBgConfig, in_dim: int, num_classes: int):
+        super().__init__(cfg, num_classes)
+        self.base = _build_base(cfg, in_dim, num_classes)
+        self.ten = TemporalEnhancement(cfg, _enhanced_width(cfg, self.base)) if cfg.ten != "off" else None
+
+    def forward(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """features [B, T, D], mask [B, T] -> the base's outputs, computed with the TEN at its hook."""
+        enhance = None if self.ten is None else partial(self.ten, mask=mask)
+        return self.base(features, mask, enhance=enhance)
 
     def loss(self, outputs: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        """labels [B, C] multi-hot -> {"total", "fg", "bg", "norm"} scalars."""
+        """labels [B, C] multi-hot -> the base's loss terms, "bg" (0 when off) and "total"
+        = the base's total + ramp * bg_weight * bg."""
         cfg = self.cfg
-        s = outputs["cas_logits"]
-        actions_only = torch.cat([labels, labels.new_zeros(labels.shape[0], 1)], 1)  # [y, 0]
-        fg = video_cross_entropy(topk_mean(outputs["cas_fg_logits"], mask, cfg.topk_r), actions_only)
-        s_bg = s if cfg.bg_input == "cas" else outputs["cas_fg_logits"]
-        bg = self._background_loss(s_bg, labels, mask) if cfg.bg_loss else s.new_zeros(())
-        norm = masked_mean(outputs["attention"], mask).mean()
+        losses = self.base.loss(outputs, labels, mask)
+        if cfg.bg_loss:
+            bg = self._background_loss(self._forced_scores(outputs), labels, mask)
+        else:
+            bg = losses["total"].new_zeros(())
         ramp = min(1.0, self.progress / cfg.bg_warmup) if cfg.bg_warmup > 0 else 1.0
-        total = fg + ramp * cfg.beta * bg + cfg.alpha * norm
-        return {"total": total, "fg": fg, "bg": bg, "norm": norm}
+        return {**losses, "total": losses["total"] + ramp * cfg.bg_weight * bg, "bg": bg}
+
+    def _forced_scores(self, outputs: dict[str, Tensor]) -> Tensor:
+        """The base's scores the background loss forces to background, [B, T, C+1] (background last)."""
+        if self.cfg.base == "um":
+            return torch.cat([outputs["cas_logits"], outputs["background_logits"][..., None]], -1)
+        if self.cfg.base == "basnet":
+            return outputs["base_logits" if self.cfg.bg_input == "cas" else "supp_logits"]
+        return outputs["cas_logits" if self.cfg.bg_input == "cas" else "cas_fg_logits"]
 
     def _background_loss(self, s: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """Whole video as background, with the configured gradient reinforcement; s [B, T, C+1]."""
@@ -194,9 +402,10 @@ class WholeVideoBackground(WtalModel):
         if cfg.reading == "C":
             per_snippet = -torch.log_softmax(s, -1)[..., -1]  # [B, T], CE toward background
             return cfg.lam * masked_mean(per_snippet, mask).mean()
+        topk_r = getattr(self.base.cfg, _TOPK_FIELD[cfg.base])
 
         def pool(z: Tensor) -> Tensor:  # [B, T, C+1] -> [B, C+1]
-            return masked_mean(z, mask) if cfg.bg_pool == "mean" else topk_mean(z, mask, cfg.topk_r)
+            return masked_mean(z, mask) if cfg.bg_pool == "mean" else topk_mean(z, mask, topk_r)
 
         background = torch.zeros_like(s[:, 0])  # [B, C+1] = [0, ..., 0, 1]
         background[:, -1] = 1
@@ -211,15 +420,6 @@ class WholeVideoBackground(WtalModel):
     def scores(
         self, outputs: dict[str, Tensor], mask: Tensor, video_topk_divisor: int = 10
     ) -> dict[str, Tensor]:
-        """attention [B, T]; cas [B, T, C]: softmax of S_fg over all C+1 channels, action channels;
-        video_scores [B, C]: softmax over the C action channels of the top-k mean of S_fg
-        (k = max(1, T_real // video_topk_divisor)). The background channel, high everywhere after
-        training, never enters video scores. Padded positions are 0."""
-        m = mask.to(outputs["attention"].dtype)
-        s_fg = outputs["cas_fg_logits"]
-        actions = s_fg[..., :-1]
-        return {
-            "attention": outputs["attention"] * m,
-            "cas": torch.softmax(s_fg, -1)[..., :-1] * m[..., None],
-            "video_scores": torch.softmax(topk_mean(actions, mask, video_topk_divisor), -1),
-        }
+        """The base's scores (plain: :meth:`PlainBase.scores`); the background channel never
+        enters them."""
+        return self.base.scores(outputs, mask, video_topk_divisor)
