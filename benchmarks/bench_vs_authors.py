@@ -8,8 +8,8 @@ alternate step by step after the warm-up steps (and which of them goes first alt
 a change of the machine's load falls on both. Per method: the median seconds per step of
 each, the ratio wtal / authors, and the losses both compute on the batch with the same weights
 and dropout off: the authors' freshly initialised weights are loaded into wtal's model through
-its name mapping (``authors_state_dict`` in co2net.py, ``load_authors_state_dict`` in um.py,
-basnet.py, wtalc.py), which also makes the timed steps start from the same weights.
+its name mapping (``model.load_authors_state_dict``, each model's ``AUTHORS_STATE_DICT_NAMES``),
+which also makes the timed steps start from the same weights.
 
 Batches: each method's own THUMOS14 training batch, from the authors' run scripts: CO2-Net
 10 videos x 500 snippets, the first 6 in 3 same-class pairs; UM and BaS-Net 16 x 750;
@@ -78,11 +78,7 @@ import torch
 from torch import Tensor, nn
 
 from wtal.models import build_model
-from wtal.models.basnet import load_authors_state_dict as load_basnet
-from wtal.models.co2net import authors_state_dict as co2net_names
 from wtal.models.registry import model_config_class
-from wtal.models.um import load_authors_state_dict as load_um
-from wtal.models.wtalc import load_authors_state_dict as load_wtalc
 
 FULL_WIDTH = 2048  # I3D RGB + flow features, the width every method's paper uses
 NUM_CLASSES = 20  # THUMOS14
@@ -128,7 +124,6 @@ class Method(NamedTuple):
     shrinks: bool  # whether the authors' constructor takes every width (else full width only)
     widths: Callable[[int], dict[str, int]]  # feature width D -> wtal's model.* width fields
     authors: Callable[[Path, Batch], Authors]
-    load: Callable[[nn.Module, dict[str, Tensor]], None]  # the authors' state_dict into wtal's model
 
 
 # -- the authors' code on the CPU --------------------------------------------------------------
@@ -263,10 +258,6 @@ def wtalc_authors(folder: Path, batch: Batch) -> Authors:
     return Authors(net, forward_loss)
 
 
-def _load_co2net(model: nn.Module, state: dict[str, Tensor]) -> None:
-    model.load_state_dict(co2net_names(state))
-
-
 def _scaled(base: int, d: int) -> int:
     return max(1, round(base * d / FULL_WIDTH))
 
@@ -275,13 +266,13 @@ METHODS = {
     m.name: m
     for m in (
         Method("co2net", "CO2-Net", 10, 500, 3, 5e-5, 1e-3, False,
-               lambda d: {"embed_dim": d, "attention_dim": _scaled(512, d)}, co2net_authors, _load_co2net),
+               lambda d: {"embed_dim": d, "attention_dim": _scaled(512, d)}, co2net_authors),
         Method("um", "UM", 16, 750, 0, 1e-4, 5e-4, False,
-               lambda d: {"embed_dim": d}, um_authors, load_um),
+               lambda d: {"embed_dim": d}, um_authors),
         Method("basnet", "BaS-Net", 16, 750, 0, 1e-4, 5e-4, False,
-               lambda d: {"embed_dim": d, "attention_dim": _scaled(512, d)}, basnet_authors, load_basnet),
+               lambda d: {"embed_dim": d, "attention_dim": _scaled(512, d)}, basnet_authors),
         Method("wtalc", "W-TALC", 10, 750, 3, 1e-4, 5e-4, True,
-               lambda d: {"embed_dim": d}, wtalc_authors, load_wtalc),
+               lambda d: {"embed_dim": d}, wtalc_authors),
     )
 }
 
@@ -374,7 +365,7 @@ def measure(method: Method, args, folder: Path | None) -> dict[str, Any]:
             torch.manual_seed(args.seed)
             theirs = method.authors(folder, batch)
             record["authors_parameters"] = sum(p.numel() for p in theirs.model.parameters())
-            method.load(ours, {k: v.detach().clone() for k, v in theirs.model.state_dict().items()})
+            ours.load_authors_state_dict({k: v.detach().clone() for k, v in theirs.model.state_dict().items()})
             record["same_weights"] = True
             record.update(compare_losses(ours_loss, ours, theirs))
             sides.append(("authors", theirs.model, lambda: theirs.forward_loss(True)[0]))

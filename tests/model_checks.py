@@ -6,7 +6,12 @@ The test files import it as ``from model_checks import ...``: pytest's default i
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
+
+from wtal.errors import WtalError
 
 D, H, C, T = 32, 16, 4, 20
 LENGTHS = (20, 13, 7)
@@ -71,3 +76,33 @@ def assert_padding_invariance(model, features, mask, keys, *, rtol: float = 1e-5
             torch.testing.assert_close(batched_scores["video_scores"][i], alone_scores["video_scores"][0])
             alones.append(alone)
     return batched, alones
+
+
+def assert_pytorch_default_conv_init(model) -> None:
+    """Every parameter of ``model`` (top-level Conv1d layers) has PyTorch's default Conv1d
+    initialisation: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform_ with
+    a = sqrt(5)); large tensors have the uniform's spread and a mean near 0."""
+    for name, p in model.named_parameters():
+        module = getattr(model, name.split(".")[0])
+        bound = 1 / (module.in_channels * module.kernel_size[0]) ** 0.5
+        assert p.abs().max() <= bound, name
+        if p.numel() >= 1000:
+            assert abs(p.std().item() - bound / 3**0.5) < 0.05 * bound, name
+            assert abs(p.mean().item()) < 0.05 * bound, name
+
+
+def assert_authors_mapping(model, state, unknown_name: str) -> None:
+    """``model.authors_names`` maps every parameter of the authors' ``state`` to every one of
+    ``model``'s (or to None), and loading a state with ``unknown_name`` added is refused."""
+    names = model.authors_names
+    assert set(state) == set(names)
+    assert {ours for ours in names.values() if ours is not None} == set(model.state_dict())
+    with pytest.raises(WtalError, match=re.escape(unknown_name)):
+        model.load_authors_state_dict({**state, unknown_name: torch.zeros(1)})
+
+
+def assert_seeded_init_equals_the_authors(model, state) -> None:
+    """``model``, built under the authors' seed, has exactly the authors' initial weights ``state``."""
+    params = dict(model.named_parameters())
+    for theirs, ours in model.authors_names.items():
+        torch.testing.assert_close(params[ours].detach(), torch.as_tensor(state[theirs]), atol=0, rtol=0)

@@ -15,7 +15,7 @@ import torch
 
 from wtal.config import load_config
 from wtal.localize import localize_video
-from wtal.models.co2net import CO2Net, CO2NetConfig, authors_state_dict
+from wtal.models.co2net import AUTHORS_STATE_DICT_NAMES, CO2Net, CO2NetConfig
 from wtal.errors import WtalError
 
 torch.set_num_threads(1)
@@ -35,7 +35,7 @@ def authors_model(ref) -> CO2Net:
     cfg = CO2NetConfig(embed_dim=EMBED, attention_dim=ATTENTION)
     model = CO2Net(cfg, in_dim=WIDTH, num_classes=CLASSES)
     params = {k[len("param/") :]: torch.from_numpy(v) for k, v in ref.items() if k.startswith("param/")}
-    model.load_state_dict(authors_state_dict(params))
+    model.load_authors_state_dict(params)
     return model.eval()
 
 
@@ -91,9 +91,13 @@ def test_initialisation_is_kaiming_uniform_with_zero_biases():
     assert (default.fusion.bias != 0).any()
 
 
-def test_unknown_authors_parameter_is_refused(ref):
+def test_mapping_covers_every_parameter_and_refuses_unknown_names(ref):
+    params = {k[len("param/") :] for k in ref if k.startswith("param/")}
+    assert params == set(AUTHORS_STATE_DICT_NAMES)
+    model = authors_model(ref)
+    assert {v for v in AUTHORS_STATE_DICT_NAMES.values() if v} == set(model.state_dict())
     with pytest.raises(WtalError, match="vAttn.extra.weight"):
-        authors_state_dict({"vAttn.extra.weight": torch.zeros(1)})
+        model.load_authors_state_dict({"vAttn.extra.weight": torch.zeros(1)})
 
 
 def test_post_processing_reproduces_the_authors_proposals(ref):

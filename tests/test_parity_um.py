@@ -25,10 +25,11 @@ import torch
 
 from wtal.config import load_config
 from wtal.engine.inference import scored_snippets
-from wtal.errors import WtalError
 from wtal.localize import localize_video
 from wtal.models import build_model
-from wtal.models.um import AUTHORS_STATE_DICT_NAMES, UMConfig, load_authors_state_dict
+from wtal.models.um import UMConfig
+
+from model_checks import assert_authors_mapping, assert_pytorch_default_conv_init, assert_seeded_init_equals_the_authors
 
 torch.set_num_threads(1)
 
@@ -67,7 +68,7 @@ def build(ref, **kw):
 
 def loaded(ref, **kw):
     model = build(ref, **kw)
-    load_authors_state_dict(model, authors_state(ref))
+    model.load_authors_state_dict(authors_state(ref))
     return model.eval()  # the fixture was made with the CAS dropout off
 
 
@@ -91,32 +92,19 @@ def selection_weights(sel: torch.Tensor) -> torch.Tensor:
 
 
 def test_mapping_covers_every_parameter(ref):
-    model = build(ref)
-    assert set(authors_state(ref)) == set(AUTHORS_STATE_DICT_NAMES)
-    assert set(AUTHORS_STATE_DICT_NAMES.values()) == set(model.state_dict())
-    with pytest.raises(WtalError, match="cas_module.conv.1.weight"):
-        load_authors_state_dict(model, {**authors_state(ref), "cas_module.conv.1.weight": torch.zeros(1)})
+    assert_authors_mapping(build(ref), authors_state(ref), "cas_module.conv.1.weight")
 
 
 def test_seeded_initialisation_matches_the_authors(ref):
     """Same seed, same default PyTorch initialisation, same creation order -> the same weights."""
-    params = dict(build(ref).named_parameters())
-    for theirs, ours in AUTHORS_STATE_DICT_NAMES.items():
-        torch.testing.assert_close(params[ours].detach(), ref[f"param/{theirs}"], atol=0, rtol=0)
+    assert_seeded_init_equals_the_authors(build(ref), authors_state(ref))
 
 
 def test_default_initialisation_statistics():
-    """PyTorch's Conv1d default: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    (kaiming_uniform_ with a = sqrt(5)); at full width the spread is that of the uniform."""
+    """The authors keep PyTorch's default Conv1d initialisation."""
     torch.manual_seed(0)
     model = build_model(UMConfig(embed_dim=256), in_dim=128, num_classes=20)
-    for name, p in model.named_parameters():
-        module = getattr(model, name.split(".")[0])
-        bound = 1 / (module.in_channels * module.kernel_size[0]) ** 0.5
-        assert p.abs().max() <= bound, name
-        if p.numel() >= 1000:
-            assert abs(p.std().item() - bound / 3**0.5) < 0.05 * bound, name
-            assert abs(p.mean().item()) < 0.05 * bound, name
+    assert_pytorch_default_conv_init(model)
     assert model.classifier.bias is None
 
 

@@ -23,7 +23,7 @@ from wtal.errors import WtalError
 from wtal.localize import localize_video
 from wtal.losses import topk_mean, video_cross_entropy
 from wtal.models import build_model
-from wtal.models.wtalc import AUTHORS_STATE_DICT_NAMES, WTALC, WTALCConfig, load_authors_state_dict
+from wtal.models.wtalc import AUTHORS_STATE_DICT_NAMES, WTALC, WTALCConfig
 
 torch.set_num_threads(1)
 
@@ -45,7 +45,7 @@ def authors_model(fixture) -> WTALC:
     cfg = WTALCConfig(embed_dim=features.shape[-1], similar_pairs=int(fixture["n_similar"]))
     model = build_model(cfg, in_dim=features.shape[-1], num_classes=labels.shape[-1])
     state = {key[len("param/") :]: value for key, value in fixture.items() if key.startswith("param/")}
-    load_authors_state_dict(model, state)
+    model.load_authors_state_dict(state)
     return model.eval()
 
 
@@ -102,7 +102,7 @@ def test_state_dict_mapping(fixture):
     mapped = {v for v in AUTHORS_STATE_DICT_NAMES.values() if v is not None}
     assert mapped == set(authors_model(fixture).state_dict())
     with pytest.raises(WtalError, match="fc2.weight"):
-        load_authors_state_dict(authors_model(fixture), {**state, "fc2.weight": state["fc.weight"]})
+        authors_model(fixture).load_authors_state_dict({**state, "fc2.weight": state["fc.weight"]})
 
 
 def test_xavier_uniform_weights_zero_biases():

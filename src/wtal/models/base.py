@@ -7,7 +7,12 @@ needs. Nothing outside ``wtal.models`` knows how a method works inside.
 
 from __future__ import annotations
 
+from typing import ClassVar, Mapping
+
+import torch
 from torch import Tensor, nn
+
+from wtal.errors import WtalError
 
 
 class WtalModel(nn.Module):
@@ -18,6 +23,9 @@ class WtalModel(nn.Module):
     """
 
     progress: float = 1.0  # fraction of training done, set by the trainer (schedules read it)
+    # The authors' state_dict names -> ours (None: a parameter their forward never uses), for a
+    # model that reproduces an authors' implementation (its parity test loads their weights).
+    authors_names: ClassVar[Mapping[str, str | None]] = {}
 
     def __init__(self, cfg, num_classes: int):
         """Validate and keep the model's config (a ``ModelConfig``) and its number of classes."""
@@ -25,6 +33,22 @@ class WtalModel(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.num_classes = num_classes
+
+    def load_authors_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Load parameters saved under the authors' names (their model's ``state_dict()``)
+        through :attr:`authors_names`; an unknown name raises :class:`WtalError`."""
+        name = type(self).__name__
+        if not self.authors_names:
+            raise WtalError(f"{name}: no mapping from an authors' implementation's parameter names")
+        unknown = sorted(set(state) - set(self.authors_names))
+        if unknown:
+            raise WtalError(
+                f"{name} weights: unknown authors' parameter name(s) {unknown}; expected some of "
+                f"{sorted(self.authors_names)}"
+            )
+        self.load_state_dict(
+            {self.authors_names[k]: torch.as_tensor(v) for k, v in state.items() if self.authors_names[k] is not None}
+        )
 
     def forward(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """features [B, T, D] float32, mask [B, T] bool -> named tensors."""

@@ -51,7 +51,7 @@ drawn per position with both ends of its range included (``data.sampling=resampl
 ``data.max_seqlen=750``), so their batches have no padding.
 
 The authors' parameters load through :data:`AUTHORS_STATE_DICT_NAMES`
-(:func:`load_authors_state_dict`).
+(``model.load_authors_state_dict``).
 
 Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``;
 ``mask`` [B, T] bool marks real snippets.
@@ -60,14 +60,13 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Mapping
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wtal.errors import WtalError
 from wtal.losses import topk_mean, video_cross_entropy
 from wtal.models.base import WtalModel
 from wtal.models.registry import ModelConfig, register_model
@@ -156,6 +155,8 @@ def _normalise(target: Tensor) -> Tensor:
 class BaSNet(WtalModel):
     """Filtering module + one (C+1)-way CAS module applied to the features and to a * features."""
 
+    authors_names = AUTHORS_STATE_DICT_NAMES
+
     def __init__(self, cfg: BaSNetConfig, in_dim: int, num_classes: int):
         super().__init__(cfg, num_classes)
         h = cfg.embed_dim
@@ -233,11 +234,3 @@ class BaSNet(WtalModel):
             "cas": cas,
             "video_scores": torch.softmax(pooled, -1)[:, :-1],
         }
-
-
-def load_authors_state_dict(model: BaSNet, state: Mapping[str, Tensor]) -> None:
-    """Load parameters saved under the authors' names (``BaS_Net.state_dict()``) into ``model``."""
-    unknown = sorted(set(state) - set(AUTHORS_STATE_DICT_NAMES))
-    if unknown:
-        raise WtalError(f"BaS-Net state_dict: unknown authors' parameter names {unknown}")
-    model.load_state_dict({AUTHORS_STATE_DICT_NAMES[name]: value for name, value in state.items()})

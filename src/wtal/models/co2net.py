@@ -2,7 +2,7 @@
 
 This file computes what the authors' code (``harlanhong/MM2021-CO2-Net``, model ``CO2`` with
 consensus module ``BWA_fusion_dropout_feat_v2``) computes; ``tests/test_parity_co2net.py``
-loads the authors' weights through :data:`AUTHORS_NAMES` and checks every output and loss
+loads the authors' weights through :data:`AUTHORS_STATE_DICT_NAMES` and checks every output and loss
 term against numbers produced by their code (``tests/fixtures/README.md``).
 
 Network. The feature vector holds RGB in its first half and flow in its second (``in_dim``
@@ -60,7 +60,7 @@ padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Mapping
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -75,8 +75,8 @@ from wtal.models.registry import ModelConfig, register_model
 NEGATIVE_SLOPE = 0.2  # LeakyReLU slope [CO2-Net]
 LABEL_EPS = 1e-4  # added to the label sum before normalising the MIL targets [CO2-Net code]
 
-# The authors' state_dict module names -> wtal's (each maps ``<name>.weight`` and ``<name>.bias``).
-AUTHORS_NAMES = {
+# The authors' state_dict module names -> wtal's; feat_encoder is built by their model but never called.
+_AUTHORS_MODULES = {
     "vAttn.bit_wise_attn.0": "rgb_consensus.local_context",
     "vAttn.channel_conv.0": "rgb_consensus.global_context",
     "vAttn.attention.0": "rgb_consensus.attention.0",
@@ -90,8 +90,13 @@ AUTHORS_NAMES = {
     "fusion.0": "fusion",
     "classifier.1": "hidden",
     "classifier.4": "classifier",
+    "feat_encoder.0": None,
 }
-AUTHORS_UNUSED = ("feat_encoder.",)  # built by the authors' model but never called in its forward
+AUTHORS_STATE_DICT_NAMES = {
+    f"{theirs}.{leaf}": None if ours is None else f"{ours}.{leaf}"
+    for theirs, ours in _AUTHORS_MODULES.items()
+    for leaf in ("weight", "bias")
+}
 
 
 @dataclass
@@ -194,6 +199,8 @@ class ConsensusModule(nn.Module):
 class CO2Net(WtalModel):
     """Two cross-modal consensus modules + fusion + (C+1)-way classifier."""
 
+    authors_names = AUTHORS_STATE_DICT_NAMES
+
     def __init__(self, cfg: CO2NetConfig, in_dim: int, num_classes: int):
         super().__init__(cfg, num_classes)
         if in_dim % 2:
@@ -287,20 +294,3 @@ class CO2Net(WtalModel):
             "cas": weighted[..., :-1] * m[..., None],
             "video_scores": torch.softmax(topk_mean(weighted, mask, video_topk_divisor), -1)[:, :-1],
         }
-
-
-def authors_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a state_dict of the authors' ``CO2`` model to wtal's :class:`CO2Net` names.
-
-    Parameters of modules their forward never calls (``feat_encoder``) are dropped; any other
-    unknown name raises :class:`WtalError`.
-    """
-    renamed = {}
-    for key, value in state.items():
-        if key.startswith(AUTHORS_UNUSED):
-            continue
-        module, _, leaf = key.rpartition(".")
-        if module not in AUTHORS_NAMES:
-            raise WtalError(f"CO2-Net weights: unknown parameter {key!r}; expected one of {sorted(AUTHORS_NAMES)}")
-        renamed[f"{AUTHORS_NAMES[module]}.{leaf}"] = torch.as_tensor(value)
-    return renamed

@@ -64,14 +64,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wtal.errors import WtalError
 from wtal.losses import masked_min, topk_mean, video_cross_entropy
 from wtal.models.base import WtalModel
 from wtal.models.registry import ModelConfig, register_model
@@ -200,6 +199,8 @@ class UncertaintyModeling(WtalModel):
     background row to the classifier; its logits are the ``background_logits`` output, which
     nothing of UM's own loss or scores reads."""
 
+    authors_names = AUTHORS_STATE_DICT_NAMES
+
     def __init__(self, cfg: UMConfig, in_dim: int, num_classes: int, background_row: bool = False):
         super().__init__(cfg, num_classes)
         self.embed = nn.Conv1d(in_dim, cfg.embed_dim, 3, padding=1)
@@ -290,11 +291,3 @@ class UncertaintyModeling(WtalModel):
             "cas": minmax_over_time(torch.softmax(s, -1) * attention[..., None], mask),
             "video_scores": torch.softmax(topk_mean(s, mask, video_topk_divisor), -1),
         }
-
-
-def load_authors_state_dict(model: UncertaintyModeling, state: Mapping[str, Tensor]) -> None:
-    """Load parameters saved under the authors' names (their ``Model.state_dict()``) into ``model``."""
-    unknown = sorted(set(state) - set(AUTHORS_STATE_DICT_NAMES))
-    if unknown:
-        raise WtalError(f"UM state_dict: unknown authors' parameter names {unknown}")
-    model.load_state_dict({AUTHORS_STATE_DICT_NAMES[name]: value for name, value in state.items()})

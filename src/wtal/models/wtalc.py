@@ -49,13 +49,12 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wtal.errors import WtalError
 from wtal.losses import co_activity_loss, topk_mean, video_cross_entropy
 from wtal.models.base import WtalModel
 from wtal.models.registry import ModelConfig, register_model
@@ -132,20 +131,11 @@ def topk_mean_ceil(x: Tensor, mask: Tensor, r: int) -> Tensor:
     return top.sum(1) / k.clamp(min=1)[:, None].to(x.dtype)
 
 
-def load_authors_state_dict(model: "WTALC", state: Mapping[str, Tensor]) -> None:
-    """Copy a state_dict of the authors' ``Model`` into ``model`` via :data:`AUTHORS_STATE_DICT_NAMES`."""
-    ours = {}
-    for name, value in state.items():
-        if name not in AUTHORS_STATE_DICT_NAMES:
-            raise WtalError(f"W-TALC state_dict: unknown parameter {name!r}")
-        if AUTHORS_STATE_DICT_NAMES[name] is not None:
-            ours[AUTHORS_STATE_DICT_NAMES[name]] = torch.as_tensor(value)
-    model.load_state_dict(ours, strict=True)
-
-
 @register_model("wtalc", WTALCConfig)
 class WTALC(WtalModel):
     """Per-snippet fully connected layer + C-way classifier, trained with L_mil and L_casl."""
+
+    authors_names = AUTHORS_STATE_DICT_NAMES
 
     def __init__(self, cfg: WTALCConfig, in_dim: int, num_classes: int):
         super().__init__(cfg, num_classes)
