@@ -22,14 +22,16 @@ def _expand(mask: Tensor, x: Tensor) -> Tensor:
     return mask.reshape(mask.shape + (1,) * (x.dim() - 2))
 
 
-def topk_mean(x: Tensor, mask: Tensor, r: int) -> Tensor:
-    """Mean of the k largest real values over time, k = max(1, T_real // r) per video.
+def topk_mean(x: Tensor, mask: Tensor, r: int, ceil: bool = False) -> Tensor:
+    """Mean of the k largest real values over time, k = max(1, T_real // r) per video
+    (``ceil``: k = max(1, ceil(T_real / r)), W-TALC's rule).
 
     x [B, T, ...], mask [B, T] -> [B, ...]; each channel picks its own top k.
     """
     lengths = mask.sum(1)  # [B]
-    k = torch.clamp(lengths // r, min=1)  # [B]
-    k_max = max(1, x.shape[1] // r)  # bounds every k without a device sync
+    extra = r - 1 if ceil else 0
+    k = torch.clamp((lengths + extra) // r, min=1)  # [B]
+    k_max = max(1, (x.shape[1] + extra) // r)  # bounds every k without a device sync
     top = x.masked_fill(~_expand(mask, x), float("-inf")).topk(k_max, dim=1).values  # [B, k_max, ...]
     rank = torch.arange(k_max, device=x.device)
     keep = (rank < k[:, None]) & (rank < lengths[:, None])  # [B, k_max]

@@ -117,20 +117,6 @@ class WTALCConfig(ModelConfig):
         )
 
 
-def topk_mean_ceil(x: Tensor, mask: Tensor, r: int) -> Tensor:
-    """Mean of the k largest real values over time, k = ceil(T_real / r) per video.
-
-    x [B, T, C], mask [B, T] -> [B, C]; each channel picks its own top k.
-    """
-    lengths = mask.sum(1)  # [B]
-    k = (lengths + r - 1) // r  # [B]
-    k_max = (x.shape[1] + r - 1) // r  # bounds every k without a device sync
-    top = x.masked_fill(~mask[..., None], float("-inf")).topk(k_max, dim=1).values  # [B, k_max, C]
-    keep = torch.arange(k_max, device=x.device)[None, :] < k[:, None]  # [B, k_max]
-    top = torch.where(keep[..., None], top, torch.zeros((), dtype=x.dtype, device=x.device))
-    return top.sum(1) / k.clamp(min=1)[:, None].to(x.dtype)
-
-
 @register_model("wtalc", WTALCConfig)
 class WTALC(WtalModel):
     """Per-snippet fully connected layer + C-way classifier, trained with L_mil and L_casl."""
@@ -158,7 +144,7 @@ class WTALC(WtalModel):
         -> {"total", "mil", "casl"} scalars."""
         cfg = self.cfg
         s = outputs["cas_logits"]
-        mil = video_cross_entropy(topk_mean_ceil(s, mask, cfg.topk_r), labels)
+        mil = video_cross_entropy(topk_mean(s, mask, cfg.topk_r, ceil=True), labels)
         casl = co_activity_loss(outputs["embedding"], s, labels, mask, cfg.similar_pairs)
         return {"total": cfg.mil_weight * mil + cfg.casl_weight * casl, "mil": mil, "casl": casl}
 
