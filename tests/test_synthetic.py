@@ -7,7 +7,15 @@ import pytest
 import yaml
 
 from wtal.data.annotations import Annotations
-from wtal.data.synthetic import PRESETS, build_annotations, configure, generate, num_snippets, related_groups
+from wtal.data.synthetic import (
+    PRESETS,
+    _Prototypes,
+    build_annotations,
+    configure,
+    generate,
+    num_snippets,
+    related_groups,
+)
 from wtal.data.wtalc import bundled_thumos14
 from wtal.errors import WtalError
 
@@ -216,3 +224,40 @@ def test_activitynet_preset_on_a_cut(tmp_path):
     full = build_annotations(PRESETS["activitynet"])
     assert [len(full.subset(s)) for s in ("training", "validation")] == [1000, 500]
     assert all(v.labels and num_snippets(v.duration) <= 200 for v in full.videos.values())
+
+
+def test_key_moment_is_one_window_of_the_drawn_share(tmp_path):
+    """The class's own action row: 1 on one window of each instance, key_floor elsewhere."""
+    cfg = configure("tiny", {"key_fraction": [0.2, 0.4], "key_floor": 0.1})
+    model = _Prototypes(cfg, ("a", "b"), seed=0)
+    lengths = np.array([50.0, 80.0, 120.0])  # snippets
+    phase = (np.arange(200)[:, None] + 0.5) / lengths  # [T, N]; inside where < 1
+    key = model._key_moment(np.random.default_rng(0), phase, lengths)
+    for n, length in enumerate(lengths):
+        inside = key[phase[:, n] < 1.0, n]
+        assert inside.min() == pytest.approx(0.1) and inside.max() == pytest.approx(1.0)
+        share = (inside > 0.55).mean()
+        assert 0.2 - 1.5 / length <= share <= 0.4 + 1.5 / length, share
+        high = np.flatnonzero(inside > 0.55)
+        assert np.all(np.diff(high) == 1)  # one window
+    defaults = _Prototypes(configure("tiny", {}), ("a",), seed=0)
+    assert np.all(defaults._key_moment(np.random.default_rng(0), phase, lengths) == 1.0)  # the whole instance
+    with pytest.raises(WtalError, match="key_fraction"):
+        configure("tiny", {"key_fraction": [0.5, 0.2]})
+
+
+def test_actionness_is_one_row_inside_every_class_instance(tiny_dataset, tmp_path):
+    """Adding actionness changes features only inside (the ramps of) instances, alike for every class."""
+    _, annotations, base = _load(tiny_dataset)
+    _, _, moved = _load(generate("tiny", tmp_path / "moving", actionness_strength=1.0))
+    by_class = {}
+    for video in annotations.videos.values():
+        diff = moved[video.name] - base[video.name]
+        centre = (np.arange(len(diff)) + 0.5) * 0.64
+        gap = np.maximum(video.segments[:, 0] - centre[:, None], centre[:, None] - video.segments[:, 1]).min(axis=1)
+        assert not diff[gap > 0.64].any()  # one snippet beyond the ramp: untouched
+        inside = gap < -0.64
+        by_class.setdefault(video.labels[0], []).append(diff[inside])
+    directions = [np.concatenate(d).mean(axis=0) for d in by_class.values()]
+    assert all(d.sum() > 0 for d in directions)
+    assert min(_cos(np.stack(directions), directions[0])) > 0.9
