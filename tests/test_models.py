@@ -149,6 +149,23 @@ def test_reading_b_forward_is_bas_loss_backward_is_pure_background():
     torch.testing.assert_close(grad, grad_a)
 
 
+def test_reading_d_scales_only_the_background_channel_gradient():
+    features, mask, labels = make_batch()
+    model = make_model(reading="D", lam=1.0).eval()
+    value1, grad1, _ = _bg_grad(model, features, mask, labels)
+    model.zero_grad()
+    model.cfg = replace(model.cfg, lam=3.0)
+    value3, grad3, _ = _bg_grad(model, features, mask, labels)
+    torch.testing.assert_close(value3, value1)
+    torch.testing.assert_close(grad3[..., :-1], grad1[..., :-1])  # action channels unscaled
+    torch.testing.assert_close(grad3[..., -1], 3.0 * grad1[..., -1])
+    assert grad1[..., -1].abs().sum() > 0 and grad1[..., :-1].abs().sum() > 0
+    model.zero_grad()
+    model.cfg = replace(model.cfg, reading="A", lam=1.0)  # at lambda 1, D is A
+    _, grad_a, _ = _bg_grad(model, features, mask, labels)
+    torch.testing.assert_close(grad1, grad_a)
+
+
 def test_reading_c_scales_with_lambda_and_is_per_snippet():
     features, mask, labels = make_batch()
     model = make_model(reading="C", lam=1.0).eval()
@@ -216,7 +233,8 @@ def test_attention_suppressed_scores(suppress_min):
 @pytest.mark.parametrize(
     "override, field",
     [
-        ("model.reading=D", "model.reading"),
+        ("model.reading=E", "model.reading"),
+        ("model.bg_balance=norm", "model.bg_balance"),
         ("model.ten=all", "model.ten"),
         ("model.continuity=conv", "model.continuity"),
         ("model.fusion=max", "model.fusion"),
@@ -334,7 +352,7 @@ def test_parts_off_compute_exactly_the_base(base, training):
         torch.testing.assert_close(model.base.get_parameter(name).grad, p.grad, atol=1e-6, rtol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("reading", ["A", "B", "C"])
+@pytest.mark.parametrize("reading", ["A", "B", "C", "D"])
 @pytest.mark.parametrize("base", BASES[1:])
 def test_parts_on_each_base_reach_every_parameter(base, reading):
     model = make_on_base(base, ten="both", fusion="concat", reading=reading)
@@ -502,3 +520,30 @@ def test_whole_video_bg_takes_its_base_authors_post_processing(base):
     assert wrapped == alone and wrapped != load_config(None, ["model.name=whole_video_bg"]).inference
     override = load_config(None, ["model.name=whole_video_bg", f"model.base={base}", "inference.nms=none"])
     assert override.inference.nms == "none"
+
+
+@pytest.mark.parametrize("base", ["plain", "um"])
+def test_gradnorm_balance_sets_the_background_gradient_norm_to_bg_weight_times_the_base(base):
+    """At the forced scores: bg gradient = bg_weight x |base loss gradient|, in the direction of
+    the unbalanced background gradient."""
+    features, mask, _ = make_batch()
+
+    def gradients(model):
+        out = model(features, mask)
+        losses = model.loss(out, PAIR_LABELS, mask)
+        parts = [out[key] for key in ("cas_logits", "background_logits") if key in out]
+        total = torch.autograd.grad(losses["total"], parts, retain_graph=True, allow_unused=True)
+        base_only = torch.autograd.grad(model.base.loss(out, PAIR_LABELS, mask)["total"], parts, allow_unused=True)
+        zero = [torch.zeros_like(p) for p in parts]
+        flat = [torch.cat([(g if g is not None else z).flatten() for g, z in zip(gs, zero)]) for gs in (total, base_only)]
+        return losses, flat[0] - flat[1], flat[1]
+
+    kw = dict(bg_weight=0.5, bg_warmup=0.0, reading="D", lam=2.0)
+    balanced = make_on_base(base, bg_balance="gradnorm", **kw).eval()
+    losses, bg_grad, base_grad = gradients(balanced)
+    torch.testing.assert_close(bg_grad.norm(), 0.5 * base_grad.norm())
+    plain = make_on_base(base, **kw).eval()
+    plain_losses, plain_bg_grad, _ = gradients(plain)
+    torch.testing.assert_close(losses["total"], plain_losses["total"])  # values unchanged
+    torch.testing.assert_close(bg_grad / bg_grad.norm(), plain_bg_grad / plain_bg_grad.norm())
+    assert not torch.allclose(bg_grad.norm(), plain_bg_grad.norm())

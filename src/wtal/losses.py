@@ -116,3 +116,21 @@ class _GradScale(torch.autograd.Function):
 def scale_grad(x: Tensor, lam: float) -> Tensor:
     """Identity in the forward pass; multiplies the incoming gradient by ``lam`` backward."""
     return _GradScale.apply(x, lam)
+
+
+class _GradNormTo(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, norm: Tensor) -> Tensor:
+        ctx.save_for_backward(norm)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (norm,) = ctx.saved_tensors
+        return grad * (norm / grad.norm().clamp(min=1e-12)), None
+
+
+def grad_norm_to(x: Tensor, norm: Tensor) -> Tensor:
+    """Identity in the forward pass; backward, the incoming gradient rescaled to the norm ``norm``
+    (a scalar tensor, detached), its direction kept."""
+    return _GradNormTo.apply(x, norm.detach())

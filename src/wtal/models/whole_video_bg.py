@@ -33,8 +33,14 @@ Base branch ``act(conv_k3(E))``; temporal continuity branch over affinity snippe
 
 The background loss (``model.bg_loss``) forces the whole video (scores pooled over every real
 snippet) to the base's background channel, the last, with background gradient reinforcement
-(``reading`` A, B or C). It is added to the base's loss: ``L_base + bg_weight * L_bg``, the
-weight ramped in linearly over the first ``bg_warmup`` of training. The scores it forces,
+(``reading``): A multiplies the loss's gradient by lambda; B takes BaS-Net's value (target
+``[y, 1]``) with the pure-background gradient; C forces each snippet (lambda x the per-snippet
+cross-entropy); D multiplies by lambda only the gradient that reaches the background channel
+(the action channels' is left as it is). It is added to the base's loss:
+``L_base + bg_weight * L_bg``, the weight ramped in linearly over the first ``bg_warmup`` of
+training. ``bg_balance="gradnorm"`` rescales the background loss's gradient at the forced
+scores, each step, to ``ramp * bg_weight`` times the norm of the base loss's gradient at the
+same scores (its direction kept; A's and C's lambda then cancel, D's still weighs the channels). The scores it forces,
 ``bg_input`` cas | cas_fg: plain and co2net ``S`` | ``S_fg``; basnet ``S_base`` | ``S_supp``;
 um ``[S, s_bg]`` (cas only: UM has no suppressed scores). UM has no background channel: when
 the background loss is on, its classifier gets a background row ``s_bg`` (one more bias-free
@@ -77,7 +83,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wtal.errors import WtalError
-from wtal.losses import masked_mean, masked_min, scale_grad, topk_mean, video_cross_entropy
+from wtal.losses import grad_norm_to, masked_mean, masked_min, scale_grad, topk_mean, video_cross_entropy
 from wtal.models.base import WtalModel
 from wtal.models.registry import ModelConfig, build_model, model_config_class, register_model
 from wtal.models.um import UncertaintyModeling
@@ -91,7 +97,8 @@ _CHOICES = {
     "continuity": ("local_affinity", "dilated", "nonlocal"),
     "fusion": ("sum", "concat"),
     "bg_pool": ("mean", "topk"),
-    "reading": ("A", "B", "C"),
+    "reading": ("A", "B", "C", "D"),
+    "bg_balance": ("none", "gradnorm"),
     "bg_input": ("cas", "cas_fg"),
 }
 # The base config's top-k ratio, which bg_pool="topk" uses too.
@@ -140,8 +147,9 @@ class WholeVideoBgConfig(PlainConfig):
     bg_loss: bool = True  # whole-video background loss on (false: ablation B0) [ours]
     bg_input: str = "cas"  # scores forced to background: cas (S; basnet S_base) | cas_fg (S_fg; basnet S_supp) [ours]
     bg_pool: str = "mean"  # background pooling over real snippets: mean | topk (the base's top-k ratio) [ours]
-    reading: str = "A"  # reinforcement: A grad-scale | B BaS-Net value, bg gradient | C per snippet [ours]
-    lam: float = 1.0  # reinforcement lambda (A, C; B ignores it): gradient-equivalent to bg_weight * lam [ours]
+    reading: str = "A"  # reinforcement: A grad-scale | B BaS-Net value, bg gradient | C per snippet | D bg channel [ours]
+    lam: float = 1.0  # reinforcement lambda (A, C: gradient-equivalent to bg_weight * lam; D: bg channel only) [ours]
+    bg_balance: str = "none"  # none | gradnorm: bg gradient at the forced scores = bg_weight x the base's [ours]
     bg_weight: float = 0.03  # weight of the background loss; >= 0.1 collapsed the attention here [ours]
     bg_warmup: float = 0.5  # fraction of training over which bg_weight ramps up linearly from 0 [ours]
 
@@ -381,20 +389,26 @@ class WholeVideoBackground(WtalModel):
         = the base's total + ramp * bg_weight * bg."""
         cfg = self.cfg
         losses = self.base.loss(outputs, labels, mask)
-        if cfg.bg_loss:
-            bg = self._background_loss(self._forced_scores(outputs), labels, mask)
-        else:
-            bg = losses["total"].new_zeros(())
         ramp = min(1.0, self.progress / cfg.bg_warmup) if cfg.bg_warmup > 0 else 1.0
+        if not cfg.bg_loss:
+            return {**losses, "bg": losses["total"].new_zeros(())}
+        parts = self._forced_parts(outputs)
+        forced = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+        if cfg.bg_balance == "gradnorm" and forced.requires_grad:
+            grads = torch.autograd.grad(losses["total"], parts, retain_graph=True, allow_unused=True)
+            base_norm = torch.stack([g.square().sum() for g in grads if g is not None]).sum().sqrt()
+            forced = grad_norm_to(forced, ramp * cfg.bg_weight * base_norm)
+        bg = self._background_loss(forced, labels, mask)
         return {**losses, "total": losses["total"] + ramp * cfg.bg_weight * bg, "bg": bg}
 
-    def _forced_scores(self, outputs: dict[str, Tensor]) -> Tensor:
-        """The base's scores the background loss forces to background, [B, T, C+1] (background last)."""
+    def _forced_parts(self, outputs: dict[str, Tensor]) -> list[Tensor]:
+        """The base's scores the background loss forces to background, whose concatenation on the
+        last axis is [B, T, C+1] (background last)."""
         if self.cfg.base == "um":
-            return torch.cat([outputs["cas_logits"], outputs["background_logits"][..., None]], -1)
+            return [outputs["cas_logits"], outputs["background_logits"][..., None]]
         if self.cfg.base == "basnet":
-            return outputs["base_logits" if self.cfg.bg_input == "cas" else "supp_logits"]
-        return outputs["cas_logits" if self.cfg.bg_input == "cas" else "cas_fg_logits"]
+            return [outputs["base_logits" if self.cfg.bg_input == "cas" else "supp_logits"]]
+        return [outputs["cas_logits" if self.cfg.bg_input == "cas" else "cas_fg_logits"]]
 
     def _background_loss(self, s: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """Whole video as background, with the configured gradient reinforcement; s [B, T, C+1]."""
@@ -411,6 +425,9 @@ class WholeVideoBackground(WtalModel):
         background[:, -1] = 1
         if cfg.reading == "A":
             return video_cross_entropy(pool(scale_grad(s, cfg.lam)), background)
+        if cfg.reading == "D":
+            s = torch.cat([s[..., :-1], scale_grad(s[..., -1:], cfg.lam)], -1)
+            return video_cross_entropy(pool(s), background)
         pooled = pool(s)
         pure = video_cross_entropy(pooled, background)
         with_background = torch.cat([labels, labels.new_ones(labels.shape[0], 1)], 1)  # [y, 1]
