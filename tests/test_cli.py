@@ -1,6 +1,7 @@
 """The command line: each command end to end and its errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -117,6 +118,7 @@ def test_demo_on_a_small_dataset(tiny_dataset, tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "paper (Li et al. 2022)" in text and "avg(0.1:0.7)" in text
+    assert re.search(r"mean attention on the test videos: [01]\.\d\d inside ground truth, [01]\.\d\d outside", text)
     (run,) = out.glob("run-*")
     assert (run / "timeline.png").stat().st_size > 10_000
     assert (run / "detections.json").is_file() and (run / "metrics.json").is_file()

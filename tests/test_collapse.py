@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from wtal.config import load_config
 from wtal.data.synthetic import ACTIVITYNET_SAMPLE, generate
 from wtal.engine.trainer import train
+from wtal.evaluate import attention_inside_outside
 
 CONFIG = "configs/activitynet_synthetic.yaml"
 BASES = {
@@ -59,13 +59,11 @@ def test_attention_stays_open_with_many_classes(many_classes, tmp_path, base):
     ]
     result = train(load_config(CONFIG, overrides), progress=False)
     videos = result.dataset.annotations.videos
-    inside = []
-    for scores in result.scores:
-        video = videos[scores.name]
-        centre = (np.arange(len(scores.attention)) + 0.5) * scores.snippet_seconds
-        gt = ((centre[:, None] >= video.segments[:, 0]) & (centre[:, None] <= video.segments[:, 1])).any(axis=1)
-        inside.append(scores.attention[gt])
-    inside = np.concatenate(inside).mean()
+    inside, _ = attention_inside_outside(
+        [videos[s.name].segments for s in result.scores],
+        [s.attention for s in result.scores],
+        [s.snippet_seconds for s in result.scores],
+    )
     assert inside > 0.2, f"attention collapsed: mean {inside:.4f} inside ground truth"
     average = result.metrics["averages"]["avg(0.5:0.95)"]
     assert average > 5.0, f"avg mAP(0.5:0.95) {average:.2f}"

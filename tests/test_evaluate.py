@@ -280,3 +280,21 @@ def test_rejects_bad_input():
             evaluate_detection(annotations, _detections([("v1", 0, 0, 5, 0.5), row]), "test", [0.5])
     with pytest.raises(WtalError, match="subset 'val'"):
         evaluate_detection(annotations, _detections([("v1", 0, 0, 5, 0.5)]), "val", [0.5])
+
+
+def test_attention_inside_outside_pools_snippets_over_videos():
+    from wtal.evaluate import attention_inside_outside
+
+    # video 0: snippets of 1 s, centres 0.5 .. 4.5, ground truth [1, 3] holds centres 1.5 and 2.5 (ends count)
+    # video 1: snippets of 0.5 s, centres 0.25 .. 1.75, ground truth [1.75, 2] holds the last centre only
+    inside, outside = attention_inside_outside(
+        [np.array([[1.0, 3.0]]), np.array([[1.75, 2.0]])],
+        [np.array([0.0, 1.0, 0.8, 0.1, 0.1]), np.array([0.2, 0.2, 0.2, 0.6])],
+        [1.0, 0.5],
+    )
+    assert inside == pytest.approx((1.0 + 0.8 + 0.6) / 3)
+    assert outside == pytest.approx((0.0 + 0.1 + 0.1 + 0.2 * 3) / 6)
+    inside, outside = attention_inside_outside([np.zeros((0, 2))], [np.ones(3)], [1.0])
+    assert np.isnan(inside) and outside == 1.0
+    with pytest.raises(WtalError, match="per video"):
+        attention_inside_outside([np.zeros((0, 2))], [], [1.0])

@@ -160,6 +160,7 @@ def _cmd_demo(args) -> int:
     from wtal.config import load_config
     from wtal.data.synthetic import generate
     from wtal.engine.trainer import train
+    from wtal.evaluate import attention_inside_outside
     from wtal.plots import plot_timelines
 
     started = time.time()
@@ -182,6 +183,13 @@ def _cmd_demo(args) -> int:
     print("training the paper's model (demo cut: " + ", ".join(DEMO_OVERRIDES) + ") ...")
     result = train(cfg, overwrite=args.overwrite, progress=not args.quiet)
     _print_result(result.metrics, cfg.eval.thresholds)
+    videos = result.dataset.annotations.videos
+    inside, outside = attention_inside_outside(
+        [videos[s.name].segments for s in result.scores],
+        [s.attention for s in result.scores],
+        [s.snippet_seconds for s in result.scores],
+    )
+    print(f"mean attention on the test videos: {inside:.2f} inside ground truth, {outside:.2f} outside")
     print("note: synthetic features laid over THUMOS14's real annotations; the paper's row is on real I3D features.")
 
     annotated = [s for s in result.scores if len(result.dataset.annotations.videos[s.name].labels)]

@@ -460,3 +460,30 @@ def classification_map(video_scores: np.ndarray, labels: np.ndarray) -> float:
         return float("nan")
     ap = (precision * positive).sum(axis=0)[has_pos] / num_pos[has_pos]
     return float(100 * ap.mean())
+
+
+def attention_inside_outside(
+    segments: Sequence[np.ndarray], attentions: Sequence[np.ndarray], snippet_seconds: Sequence[float]
+) -> tuple[float, float]:
+    """Mean attention over the snippets inside ground truth and over those outside it, pooled over videos.
+
+    Per video: ``segments`` [N, 2] in seconds, ``attentions`` [T], ``snippet_seconds`` the
+    seconds per attention entry; a snippet is inside when its centre falls in a segment
+    (ends included). NaN for a side no snippet falls on. A model whose attention separates
+    actions from background has a high first value and a low second.
+    """
+    if not len(segments) == len(attentions) == len(snippet_seconds):
+        raise WtalError(
+            "attention_inside_outside: expected one segments array, attention and snippet_seconds per video, "
+            f"found {len(segments)}, {len(attentions)} and {len(snippet_seconds)}"
+        )
+    sums, counts = np.zeros(2), np.zeros(2)
+    for spans, attention, seconds in zip(segments, attentions, snippet_seconds):
+        spans, attention = np.asarray(spans, np.float64).reshape(-1, 2), np.asarray(attention, np.float64)
+        centre = (np.arange(len(attention)) + 0.5) * seconds
+        inside = ((centre[:, None] >= spans[:, 0]) & (centre[:, None] <= spans[:, 1])).any(axis=1)
+        sums += attention[inside].sum(), attention[~inside].sum()
+        counts += inside.sum(), (~inside).sum()
+    with np.errstate(invalid="ignore"):
+        inside_mean, outside_mean = sums / counts
+    return float(inside_mean), float(outside_mean)
