@@ -40,8 +40,8 @@ cross-entropy); D multiplies by lambda only the gradient that reaches the backgr
 ``L_base + bg_weight * L_bg``, the weight ramped in linearly over the first ``bg_warmup`` of
 training. ``bg_balance="gradnorm"`` rescales the background loss's gradient at the forced
 scores, each step, to ``ramp * bg_weight`` times the norm of the base loss's gradient at the
-same scores (its direction kept; A's and C's lambda then cancel, D's still weighs the channels). The scores it forces,
-``bg_input`` cas | cas_fg: plain and co2net ``S`` | ``S_fg``; basnet ``S_base`` | ``S_supp``;
+same scores (its direction kept; A's and C's lambda then cancel, D's still weighs the
+channels). The scores it forces, ``bg_input`` cas | cas_fg: plain and co2net ``S`` | ``S_fg``; basnet ``S_base`` | ``S_supp``;
 um ``[S, s_bg]`` (cas only: UM has no suppressed scores). UM has no background channel: when
 the background loss is on, its classifier gets a background row ``s_bg`` (one more bias-free
 output), trained by the background loss alone; UM's own loss and scores read the C action
@@ -389,14 +389,14 @@ class WholeVideoBackground(WtalModel):
         = the base's total + ramp * bg_weight * bg."""
         cfg = self.cfg
         losses = self.base.loss(outputs, labels, mask)
-        ramp = min(1.0, self.progress / cfg.bg_warmup) if cfg.bg_warmup > 0 else 1.0
         if not cfg.bg_loss:
             return {**losses, "bg": losses["total"].new_zeros(())}
+        ramp = min(1.0, self.progress / cfg.bg_warmup) if cfg.bg_warmup > 0 else 1.0
         parts = self._forced_parts(outputs)
         forced = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
         if cfg.bg_balance == "gradnorm" and forced.requires_grad:
             grads = torch.autograd.grad(losses["total"], parts, retain_graph=True, allow_unused=True)
-            base_norm = torch.stack([g.square().sum() for g in grads if g is not None]).sum().sqrt()
+            base_norm = sum((g.square().sum() for g in grads if g is not None), forced.new_zeros(())).sqrt()
             forced = grad_norm_to(forced, ramp * cfg.bg_weight * base_norm)
         bg = self._background_loss(forced, labels, mask)
         return {**losses, "total": losses["total"] + ramp * cfg.bg_weight * bg, "bg": bg}
