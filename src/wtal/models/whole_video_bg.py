@@ -64,6 +64,14 @@ The ablation report (reports/thumos14_synthetic_report, 3 seeds, demo cut) kept 
 the background loss helps with the full TEN (+4.6 ± 1.9 avg mAP), lambda > 1 does
 not (lambda 5 and 10 collapse), reading C is ahead of A by +3.7 ± 2.4 (within 2
 standard errors, so A stays the default).
+On the CO2-Net base (calibrated preset, CPU budget, 600 iterations, 3 seeds;
+reports/thumos14_cpu_paper_co2net) the parts at these defaults hold: CO2-Net 58.4 ± 0.9
+avg mAP(0.1:0.7), with the TEN and the background loss 67.3 ± 1.6, best and last alike.
+The plain base collapses where CO2-Net's does not: on 40 ActivityNet classes its attention
+falls to about 0.006 with the background loss and stays at about 0.47 without it
+(tests/test_collapse.py). A likely mechanism, not verified: the foreground loss reads the
+background channel of ``S_fg``, which the background loss raises everywhere, and closing
+the attention is its cheapest answer. Readings D and ``bg_balance`` are built and tested, not yet measured.
 
 Shapes: B videos, T snippets, D feature width, C action classes, H the width of the
 features the TEN enhances (plain: ``embed_dim``; co2net: D; basnet, um: their
