@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from wtal.errors import WtalError
+from wtal.localize import localize_video
 
 D, H, C, T = 32, 16, 4, 20
 LENGTHS = (20, 13, 7)
@@ -106,3 +108,25 @@ def assert_seeded_init_equals_the_authors(model, state) -> None:
     params = dict(model.named_parameters())
     for theirs, ours in model.authors_names.items():
         torch.testing.assert_close(params[ours].detach(), torch.as_tensor(state[theirs]), atol=0, rtol=0)
+
+
+def _by_segment(rows: np.ndarray) -> np.ndarray:
+    """Proposals [N, 4] (start, end, score, class) in a canonical order."""
+    return rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0], rows[:, 3]))]
+
+
+def assert_proposals_match(model, outputs: dict, cfg, seconds: float, duration: float, theirs, unit: float = 1.0) -> int:
+    """``model.scores`` of recorded ``outputs`` (one video, batch of one, every snippet of the first
+    output real) localized with the inference config ``cfg`` (``seconds`` per scored snippet,
+    ``duration`` to clip to) equal the authors' proposals ``theirs`` [N, 4] (start, end, score,
+    class; times in units of ``unit`` seconds) in any order, to 1e-5. Returns N."""
+    mask = torch.ones(next(iter(outputs.values())).shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        scores = {k: x[0].numpy() for k, x in model.scores(outputs, mask, cfg.video_topk_divisor).items()}
+    label, start, end, score = localize_video(
+        scores["attention"], scores["cas"], scores["video_scores"], seconds, duration, cfg
+    )
+    ours = np.column_stack([start / unit, end / unit, score, label])
+    assert len(ours) == len(theirs), (len(ours), len(theirs))
+    np.testing.assert_allclose(_by_segment(ours), _by_segment(theirs), atol=1e-5, rtol=1e-5)
+    return len(theirs)

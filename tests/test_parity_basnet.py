@@ -18,11 +18,15 @@ import torch
 
 from wtal.config import load_config
 from wtal.engine.inference import scored_snippets
-from wtal.localize import localize_video
 from wtal.models import build_model
 from wtal.models.basnet import BaSNetConfig
 
-from model_checks import assert_authors_mapping, assert_pytorch_default_conv_init, assert_seeded_init_equals_the_authors
+from model_checks import (
+    assert_authors_mapping,
+    assert_proposals_match,
+    assert_pytorch_default_conv_init,
+    assert_seeded_init_equals_the_authors,
+)
 
 torch.set_num_threads(1)
 
@@ -135,11 +139,6 @@ def test_padding_changes_nothing(ref):
     torch.testing.assert_close(scores["video_scores"], ref["out/score_supp"][:, :-1], **TOL)
 
 
-def by_segment(rows: np.ndarray) -> np.ndarray:
-    """Proposals [N, 4] (start, end, score, class) in a canonical order."""
-    return rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0], rows[:, 3]))]
-
-
 def test_post_processing_reproduces_the_authors_proposals():
     """The declared inference defaults turn the suppression branch's logits of the authors' test
     videos (750 resampled snippets each) into their test loop's proposals, in seconds."""
@@ -152,20 +151,10 @@ def test_post_processing_reproduces_the_authors_proposals():
         picks = scored_snippets(length, cfg.test_seqlen, cfg.test_resample)
         np.testing.assert_array_equal(picks, ref[f"v{v}/sample_idx"])
         logits = torch.from_numpy(ref[f"v{v}/cas_supp"])[None]  # [1, 750, C + 1]
-        mask = torch.ones(logits.shape[:2], dtype=torch.bool)
-        outputs = {"supp_logits": logits, "attention": torch.zeros(mask.shape)}
-        with torch.no_grad():
-            scores = {k: x[0].numpy() for k, x in model.scores(outputs, mask, cfg.video_topk_divisor).items()}
+        outputs = {"supp_logits": logits, "attention": torch.zeros(logits.shape[:2])}
         seconds = SNIPPET_SECONDS * length / picks.size  # one resampled snippet
         duration = 0.5 * length * SNIPPET_SECONDS  # shorter than the segments reach: the authors clip nothing
-        label, start, end, score = localize_video(
-            scores["attention"], scores["cas"], scores["video_scores"], seconds, duration, cfg
-        )
-        ours = np.column_stack([start, end, score, label])
-        theirs = ref[f"v{v}/proposals"]
-        assert len(ours) == len(theirs), v
-        np.testing.assert_allclose(by_segment(ours), by_segment(theirs), atol=1e-5, rtol=1e-5)
-        found += len(theirs)
+        found += assert_proposals_match(model, outputs, cfg, seconds, duration, ref[f"v{v}/proposals"])
     assert found > 500  # many proposals, several classes per video, one video without any
 
 

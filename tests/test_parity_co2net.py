@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from wtal.config import load_config
-from wtal.localize import localize_video
 from wtal.models.co2net import AUTHORS_STATE_DICT_NAMES, CO2Net, CO2NetConfig
 from wtal.errors import WtalError
+
+from model_checks import assert_proposals_match
 
 torch.set_num_threads(1)
 
@@ -107,18 +108,9 @@ def test_post_processing_reproduces_the_authors_proposals(ref):
     for v in range(3):
         cas = torch.from_numpy(ref[f"pp{v}/cas"])[None]  # [1, T, C+1] logits
         attn = torch.from_numpy(ref[f"pp{v}/attn"])[None, :, 0]  # [1, T]
-        mask = torch.ones(attn.shape, dtype=torch.bool)
         outputs = {"cas_logits": cas, "attention": attn}
-        scores = {k: x[0].numpy() for k, x in model.scores(outputs, mask, cfg.video_topk_divisor).items()}
-        label, start, end, score = localize_video(
-            scores["attention"], scores["cas"], scores["video_scores"], SNIPPET_SECONDS, 0.0, cfg
-        )
-        ours = np.column_stack([start / SNIPPET_SECONDS, end / SNIPPET_SECONDS, score, label])
         theirs = ref[f"pp{v}/proposals"]
-        assert len(ours) == len(theirs), v
-        ours = ours[np.lexsort((ours[:, 2], ours[:, 1], ours[:, 0], ours[:, 3]))]
-        theirs = theirs[np.lexsort((theirs[:, 2], theirs[:, 1], theirs[:, 0], theirs[:, 3]))]
-        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5)
+        assert_proposals_match(model, outputs, cfg, SNIPPET_SECONDS, 0.0, theirs, unit=SNIPPET_SECONDS)
 
 
 def test_the_authors_inference_settings_are_the_default_and_overrides_win():

@@ -25,11 +25,15 @@ import torch
 
 from wtal.config import load_config
 from wtal.engine.inference import scored_snippets
-from wtal.localize import localize_video
 from wtal.models import build_model
 from wtal.models.um import UMConfig
 
-from model_checks import assert_authors_mapping, assert_pytorch_default_conv_init, assert_seeded_init_equals_the_authors
+from model_checks import (
+    assert_authors_mapping,
+    assert_proposals_match,
+    assert_pytorch_default_conv_init,
+    assert_seeded_init_equals_the_authors,
+)
 
 torch.set_num_threads(1)
 
@@ -190,11 +194,6 @@ def test_categorical_option_is_not_the_authors_loss(ref):
         assert abs(losses[key] - ref[f"batch/loss_{key}"]) > 0.1
 
 
-def by_segment(rows: np.ndarray) -> np.ndarray:
-    """Proposals [N, 4] (start, end, score, class) in a canonical order."""
-    return rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0], rows[:, 3]))]
-
-
 def test_post_processing_reproduces_the_authors_proposals():
     """The declared inference defaults turn the logits and actionness of the authors' test videos
     (scored whole up to 750 snippets, resampled to 750 beyond) into their test loop's proposals,
@@ -210,20 +209,10 @@ def test_post_processing_reproduces_the_authors_proposals():
         np.testing.assert_array_equal(picks, ref[f"v{v}/sample_idx"])
         logits = torch.from_numpy(ref[f"v{v}/cas_logits"])[None]  # [1, N, C]
         assert logits.shape[1] == picks.size
-        mask = torch.ones(logits.shape[:2], dtype=torch.bool)
         outputs = {"cas_logits": logits, "attention": torch.from_numpy(ref[f"v{v}/actionness"])[None]}
-        with torch.no_grad():
-            scores = {k: x[0].numpy() for k, x in model.scores(outputs, mask, cfg.video_topk_divisor).items()}
         seconds = SNIPPET_SECONDS * length / picks.size  # one scored snippet
         duration = 0.5 * length * SNIPPET_SECONDS  # shorter than the segments reach: the authors clip nothing
-        label, start, end, score = localize_video(
-            scores["attention"], scores["cas"], scores["video_scores"], seconds, duration, cfg
-        )
-        ours = np.column_stack([start, end, score, label])
-        theirs = ref[f"v{v}/proposals"]
-        assert len(ours) == len(theirs), v
-        np.testing.assert_allclose(by_segment(ours), by_segment(theirs), atol=1e-5, rtol=1e-5)
-        found += len(theirs)
+        found += assert_proposals_match(model, outputs, cfg, seconds, duration, ref[f"v{v}/proposals"])
     assert found > 400
 
 
