@@ -28,7 +28,9 @@ from wtal.cli import DEMO_OVERRIDES
 
 SMOKE_OVERRIDES = [
     "train.threads=1",
-    "model.embed_dim=32",
+    "data.feature_dim=128",
+    "model.base_config.embed_dim=32",
+    "model.base_config.attention_dim=16",
     "data.max_seqlen=64",
     "train.batch_size=8",
     "train.iterations=4",

@@ -67,7 +67,10 @@ def overrides(args, data: Path, embed_dim: str) -> list[str]:
     if args.max_seqlen:
         items.append(f"data.max_seqlen={args.max_seqlen}")
     if embed_dim:
-        items.append(f"model.embed_dim={embed_dim}")
+        # The paper's model on a registered base takes the base's width (model.base_config.embed_dim).
+        probe = load_config(args.config, items + list(args.set)).model
+        on_base = getattr(probe, "base", "plain") != "plain"
+        items.append(f"model.{'base_config.' if on_base else ''}embed_dim={embed_dim}")
     return items + list(args.set)
 
 
@@ -133,9 +136,10 @@ def measure(args, data: Path, embed_dim: str) -> dict:
         score_detections(detect(scores, dataset, cfg), scores, dataset, cfg)
         sync()
         eval_s = time.perf_counter() - started
+    widths = cfg.model.base_model_config() if hasattr(cfg.model, "base_model_config") else cfg.model
     return {
         "model": cfg.model.name,
-        "embed_dim": getattr(cfg.model, "embed_dim", None),
+        "embed_dim": getattr(widths, "embed_dim", None),
         "parameters": sum(p.numel() for p in model.parameters()),
         "batch_size": cfg.train.batch_size,
         "max_seqlen": cfg.data.max_seqlen,
@@ -188,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default=None, help="synthetic preset to generate without --data (default thumos14; smoke tiny)")
     p.add_argument("--config", default=None, help="YAML config to start from (default: wtal's THUMOS14 defaults)")
     p.add_argument("--model", default="whole_video_bg", help="any registered model name")
-    p.add_argument("--embed-dims", default=None, help="comma list of model.embed_dim values (default 2048,256; smoke 32; '' keeps the config's)")
+    p.add_argument("--embed-dims", default=None, help="comma list of model.embed_dim values (the paper's model on a registered base: "
+                   "model.base_config.embed_dim; default 2048,256; smoke 32; '' keeps the config's)")
     p.add_argument("--iterations", type=int, default=None, help="measured steps per width (default 20; smoke 3)")
     p.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (default 2; smoke 1)")
     p.add_argument("--batch-size", type=int, default=None, help="train.batch_size (default: the config's, 10; smoke 8)")

@@ -16,13 +16,12 @@ def tiny_dataset(tmp_path_factory):
 
 
 @pytest.fixture
-def tiny_overrides(tiny_dataset, tmp_path):
-    """Config overrides for a quick run on the tiny preset."""
+def tiny_run_overrides(tiny_dataset, tmp_path):
+    """Config overrides for a quick run on the tiny preset, with no model key."""
     return [
         f"data.root={tiny_dataset}",
         f"output_dir={tmp_path / 'runs'}",
         "run_name=run",
-        "model.embed_dim=32",
         "data.max_seqlen=64",
         "train.batch_size=8",
         "train.iterations=60",
@@ -30,6 +29,12 @@ def tiny_overrides(tiny_dataset, tmp_path):
         "train.lr=1e-3",
         "train.log_every=10",
     ]
+
+
+@pytest.fixture
+def tiny_overrides(tiny_run_overrides):
+    """A quick run of the default model (the paper's, on its CO2-Net base) at small widths."""
+    return [*tiny_run_overrides, "model.base_config.embed_dim=32", "model.base_config.attention_dim=16"]
 
 
 @pytest.fixture(scope="session")

@@ -259,9 +259,9 @@ def test_validate_names_the_field(overrides, field):
 
 
 @pytest.mark.parametrize("name", ["mil", "basnet"])
-def test_training_end_to_end(name, tiny_overrides):
+def test_training_end_to_end(name, tiny_run_overrides):
     steps = ["train.iterations=4", "train.eval_every=2", "train.log_every=1"]  # later overrides win
-    cfg = load_config(None, [*tiny_overrides, f"model.name={name}", *steps])
+    cfg = load_config(None, [*tiny_run_overrides, f"model.name={name}", "model.embed_dim=32", *steps])
     result = train(cfg, progress=False)
     run = result.run_dir
     metrics = json.loads((run / "metrics.json").read_text())
@@ -424,9 +424,9 @@ def test_wtalc_validate_names_the_field(override, field):
         load_config(None, ["model.name=wtalc", override])
 
 
-def test_wtalc_training_end_to_end(tiny_overrides):
+def test_wtalc_training_end_to_end(tiny_run_overrides):
     steps = ["train.iterations=4", "train.eval_every=2", "train.log_every=1"]  # later overrides win
-    cfg = load_config(None, [*tiny_overrides, "model.name=wtalc", *steps])
+    cfg = load_config(None, [*tiny_run_overrides, "model.name=wtalc", "model.embed_dim=32", *steps])
     run = train(cfg, progress=False).run_dir
     assert math.isfinite(json.loads((run / "metrics.json").read_text())["averages"]["avg"])
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

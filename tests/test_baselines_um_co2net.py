@@ -122,8 +122,9 @@ def test_co2net_validate_names_the_field(override, field):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_trains_end_to_end(name, tiny_overrides):
-    cfg = load_config(None, [*tiny_overrides, f"model.name={name}", "train.iterations=6", "train.eval_every=3"])
+def test_trains_end_to_end(name, tiny_run_overrides):
+    overrides = [*tiny_run_overrides, f"model.name={name}", "model.embed_dim=32", "train.iterations=6", "train.eval_every=3"]
+    cfg = load_config(None, overrides)
     result = train(cfg, progress=False)
     assert (result.run_dir / "metrics.json").is_file()
     assert torch.isfinite(torch.tensor(result.metrics["averages"]["avg"]))

@@ -114,7 +114,8 @@ def test_synth_refuses_to_overwrite(tmp_path, capsys):
 def test_demo_on_a_small_dataset(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--quiet", "--out", str(out), "--data", str(tiny_dataset),
-                 "model.embed_dim=32", "data.max_seqlen=64", "train.iterations=6", "train.eval_every=3"])
+                 "data.feature_dim=128", "model.base_config.embed_dim=32", "model.base_config.attention_dim=16",
+                 "data.max_seqlen=64", "train.iterations=6", "train.eval_every=3"])
     assert code == 0
     text = capsys.readouterr().out
     assert "paper (Li et al. 2022)" in text and "avg(0.1:0.7)" in text

@@ -36,7 +36,8 @@ def test_protocol_defaults():
     assert thumos.data.snippet_seconds == pytest.approx(16 / 25)
     assert thumos.eval.ambiguous_filter and thumos.eval.thresholds == "thumos"
     anet = load_config(CONFIGS[0].parent / "activitynet12.yaml")
-    assert (anet.data.max_seqlen, anet.model.topk_r, anet.eval.thresholds) == (60, 5, "anet")
+    assert (anet.data.max_seqlen, anet.model.base_model_config().topk_r, anet.eval.thresholds) == (60, 5, "anet")
+    assert (thumos.model.base, thumos.data.sampling, thumos.data.max_seqlen) == ("co2net", "resample", 500)
 
 
 def test_overrides_are_typed():

@@ -29,6 +29,7 @@ def _overrides(data, out, name, iterations=6, batch_size=8):
         f"data.root={data}",
         f"output_dir={out}",
         f"run_name={name}",
+        "model.base=plain",  # every loss a mean over videos (CO2-Net's co-activity term is one over pairs)
         "model.embed_dim=32",
         "model.dropout=0",
         "model.attention_dropout=0",

@@ -262,13 +262,13 @@ def test_predict_scores_resampled_videos_and_detect_maps_them_to_seconds():
         ("inference.nms_offset_unit=frames", "inference.nms_offset_unit"),
         ("inference.test_resample=some", "inference.test_resample"),
         ("inference.test_seqlen=-1", "inference.test_seqlen"),
-        ("inference.attention_thresholds=[1.5]", "inference.attention_thresholds"),
+        ("inference.attention_thresholds=[1.5] inference.normalize=true", "inference.attention_thresholds"),
         ("inference.require_positive=1", "inference.require_positive"),
     ],
 )
 def test_new_switches_are_validated_by_name(override, key):
     with pytest.raises(WtalError, match=key):
-        load_config(None, [override])
+        load_config(None, override.split())
 
 
 @pytest.mark.parametrize("key", ["upsample_mode", "segment_score", "class_score", "nms_offset_unit"])

@@ -28,7 +28,8 @@ torch.set_num_threads(1)
 
 
 def make_cfg(**kw) -> WholeVideoBgConfig:
-    return WholeVideoBgConfig(embed_dim=H, attention_dim=8, **kw)
+    """The paper's parts on the plain base at tiny widths (the parts on each base: make_on_base)."""
+    return WholeVideoBgConfig(base="plain", embed_dim=H, attention_dim=8, **kw)
 
 
 def make_model(seed: int = 0, **kw) -> WholeVideoBackground:
@@ -253,7 +254,7 @@ def test_attention_suppressed_scores(suppress_min):
 )
 def test_validate_names_the_field(override, field):
     with pytest.raises(WtalError, match=field):
-        load_config(None, [override])
+        load_config(None, ["model.base=plain", override])
 
 
 def test_build_rejects_invalid_config():
@@ -262,7 +263,7 @@ def test_build_rejects_invalid_config():
 
 
 def test_registry_and_config_loading():
-    cfg = load_config(None, ["model.lam=2", "model.embed_dim=16"])
+    cfg = load_config(None, ["model.base=plain", "model.lam=2", "model.embed_dim=16"])
     assert isinstance(cfg.model, WholeVideoBgConfig)
     assert cfg.model.lam == 2.0 and isinstance(cfg.model.lam, float) and cfg.model.embed_dim == 16
     assert cfg.model.reading == "A" and cfg.model.ten == "both" and cfg.model.bg_pool == "mean"
@@ -478,7 +479,9 @@ def test_base_config_loads_from_yaml_and_overrides(tmp_path):
     assert load_config(dumped) == cfg
     assert load_config(None, ["model.base=co2net"]).model.similar_pairs == CO2NetConfig().similar_pairs
     assert load_config(None, ["model.base=basnet"]).model.similar_pairs == 0
-    assert load_config(None).model.similar_pairs == 0 and load_config(None).model.base == "plain"
+    default = load_config(None).model
+    assert default.base == "co2net" and default.similar_pairs == CO2NetConfig().similar_pairs
+    assert load_config(None, ["model.base=plain"]).model.similar_pairs == 0
     model = build_model(load_config(None, ["model.base=basnet", "model.base_config.embed_dim=16"]).model, D, C)
     assert isinstance(model.base, BaSNet) and model.base.cas_conv2.out_channels == 16
     assert model.ten.base_branch.in_channels == 16  # the TEN runs at the width of the base's features
@@ -494,7 +497,8 @@ def test_base_config_loads_from_yaml_and_overrides(tmp_path):
         (["model.base=basnet", "model.base_config.topk_r=0"], r"model.base_config \(basnet\): model.topk_r"),
         (["model.base=um", "model.embed_dim=64"], "model.embed_dim: .*own is model.base_config.embed_dim"),
         (["model.base=um", "model.suppress_min=time"], r"model.suppress_min: .*plain base's\)"),
-        (["model.base_config.embed_dim=64"], "model.base_config: expected no keys with model.base=plain"),
+        (["model.base=plain", "model.base_config.embed_dim=64"], "model.base_config: expected no keys with model.base=plain"),
+        (["model.embed_dim=64"], "model.embed_dim: .*model.base=co2net .*own is model.base_config.embed_dim"),
         (["model.base=um", "model.bg_input=cas_fg"], "model.bg_input"),
         (["model.base=co2net", "model.base_config=3"], "model.base_config: expected a mapping"),
     ],
@@ -505,9 +509,8 @@ def test_base_config_errors_name_the_key(overrides, message):
 
 
 @pytest.mark.parametrize("base", BASES[1:])
-def test_trains_on_each_base_through_the_trainer(base, tiny_overrides):
-    overrides = [o for o in tiny_overrides if not o.startswith("model.embed_dim")]
-    overrides += [f"model.base={base}", "model.base_config.embed_dim=32", "train.iterations=4", "train.eval_every=0"]
+def test_trains_on_each_base_through_the_trainer(base, tiny_run_overrides):
+    overrides = [*tiny_run_overrides, f"model.base={base}", "model.base_config.embed_dim=32", "train.iterations=4", "train.eval_every=0"]
     result = train(load_config(None, overrides), progress=False)
     lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "bg" in lines[0] and np.isfinite(result.metrics["averages"]["avg"])
@@ -517,7 +520,7 @@ def test_trains_on_each_base_through_the_trainer(base, tiny_overrides):
 def test_whole_video_bg_takes_its_base_authors_post_processing(base):
     wrapped = load_config(None, ["model.name=whole_video_bg", f"model.base={base}"]).inference
     alone = load_config(None, [f"model.name={base}"]).inference
-    assert wrapped == alone and wrapped != load_config(None, ["model.name=whole_video_bg"]).inference
+    assert wrapped == alone and wrapped != load_config(None, ["model.name=whole_video_bg", "model.base=plain"]).inference
     override = load_config(None, ["model.name=whole_video_bg", f"model.base={base}", "inference.nms=none"])
     assert override.inference.nms == "none"
 
@@ -547,3 +550,12 @@ def test_gradnorm_balance_sets_the_background_gradient_norm_to_bg_weight_times_t
     torch.testing.assert_close(losses["total"], plain_losses["total"])  # values unchanged
     torch.testing.assert_close(bg_grad / bg_grad.norm(), plain_bg_grad / plain_bg_grad.norm())
     assert not torch.allclose(bg_grad.norm(), plain_bg_grad.norm())
+
+
+def test_the_co2net_base_needs_both_modalities():
+    with pytest.raises(WtalError, match=r"data.modality: expected both .*model.base=co2net.*found 'rgb'.*model.base=plain"):
+        load_config(None, ["data.modality=rgb"])
+    with pytest.raises(WtalError, match=r"data.modality: expected both with model.name=co2net.*found 'flow'"):
+        load_config(None, ["model.name=co2net", "data.modality=flow"])
+    assert load_config(None, ["data.modality=rgb", "model.base=plain"]).data.modality == "rgb"
+    assert load_config(None, ["data.modality=rgb", "model.base=um"]).model.base == "um"

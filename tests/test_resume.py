@@ -32,7 +32,8 @@ def _overrides(data, out, name, iterations=ITERATIONS):
         f"data.root={data}",
         f"output_dir={out}",
         f"run_name={name}",
-        "model.embed_dim=32",
+        "model.base_config.embed_dim=32",
+        "model.base_config.attention_dim=16",
         "data.max_seqlen=64",
         "train.batch_size=8",
         f"train.iterations={iterations}",
@@ -204,8 +205,8 @@ def test_resume_with_more_iterations_continues(tiny_dataset, tmp_path):
 def test_resume_refuses_a_different_config(tiny_dataset, tmp_path):
     cfg = load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=4))
     train(cfg, progress=False)
-    changed = load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=4) + ["train.lr=0.01", "model.norm_weight=0.2"])
-    with pytest.raises(WtalError, match=r"differing keys: model\.norm_weight: .*train\.lr: checkpoint 0\.001, now 0\.01"):
+    changed = load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=4) + ["train.lr=0.01", "model.bg_weight=0.2"])
+    with pytest.raises(WtalError, match=r"differing keys: model\.bg_weight: .*train\.lr: checkpoint 0\.001, now 0\.01"):
         train(changed, progress=False, resume=True)
     fewer = load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=2))
     with pytest.raises(WtalError, match="past train.iterations=2"):

@@ -19,13 +19,19 @@ PAPER_THUMOS14 = {"paper (Li et al. 2022)": [69.7, 64.5, 58.1, 49.9, 39.6, 27.3,
 # ActivityNet1.2: mAP at 0.5, 0.75, 0.95 and the average over 0.5:0.05:0.95.
 PAPER_ANET12 = {"paper (Li et al. 2022)": [41.6, None, None, None, None, 24.8, None, None, None, 5.4, 25.2]}
 
-# The demo's cut of the default protocol: the full THUMOS14 preset (412 real video
-# structures, 2048-d features) with a narrower embedding and a shorter schedule so
-# that generation, training and evaluation fit in a few minutes on 2 CPU cores.
+# The demo's cut of the default protocol: the THUMOS14 preset (412 real video structures) at
+# the CPU budget of configs/thumos14_synthetic_cpu.yaml (512-d features, the CO2-Net base's
+# widths / 4, CO2-Net's sampling and batch, twice its learning rate) with a shorter schedule,
+# so that generation, training and evaluation fit in a few minutes on 2 CPU cores.
+DEMO_FEATURE_DIM = 512
 DEMO_OVERRIDES = [
-    "model.embed_dim=256",
-    "train.iterations=400",
-    "train.eval_every=100",
+    f"data.feature_dim={DEMO_FEATURE_DIM}",
+    "data.sampling=resample",
+    "data.max_seqlen=500",
+    "model.base_config.embed_dim=512",
+    "model.base_config.attention_dim=128",
+    "train.iterations=250",
+    "train.eval_every=125",
     "train.lr=1e-4",
 ]
 
@@ -168,7 +174,7 @@ def _cmd_demo(args) -> int:
     data_dir = Path(args.data) if args.data else out / "data"
     if not (data_dir / "dataset.yaml").is_file():
         print(f"generating the synthetic THUMOS14 preset (real annotation structure) in {data_dir} ...")
-        generate("thumos14", data_dir, seed=0, overwrite=args.overwrite)
+        generate("thumos14", data_dir, seed=0, overwrite=args.overwrite, feature_dim=DEMO_FEATURE_DIM)
     else:
         print(f"using the synthetic dataset already in {data_dir}")
     overrides = [
@@ -292,7 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic THUMOS14 -> train the paper's model -> mAP table and timeline")
     p.add_argument("--out", default="runs/demo", help="demo folder (data and run)")
-    p.add_argument("--data", help="use this canonical dataset instead of generating one")
+    p.add_argument(
+        "--data",
+        help=f"use this canonical dataset instead of generating one ({DEMO_FEATURE_DIM}-d features, "
+        "else add data.feature_dim=<its width>)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a previous demo run")
     p.add_argument("--quiet", action="store_true")

@@ -12,6 +12,18 @@ from wtal.detections import Detections
 from wtal.io import atomic_path
 
 
+def strongest_activations(cas: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The ``top`` classes of ``cas`` [T, C] with the highest peak, their curves [T, top] and whether
+    the curves were min-max scaled over time (done when any value lies outside [0, 1])."""
+    strongest = np.argsort(-cas.max(axis=0))[:top]
+    shown = cas[:, strongest]
+    scaled = bool(shown.size) and bool(shown.min() < 0 or shown.max() > 1)
+    if scaled:
+        low = shown.min(axis=0)
+        shown = (shown - low) / np.maximum(shown.max(axis=0) - low, 1e-12)
+    return strongest, shown, scaled
+
+
 def plot_timelines(
     path: str | Path,
     videos: Sequence[Video | None],
@@ -27,7 +39,8 @@ def plot_timelines(
 
     Per video: attention [T] and the ``top_classes`` strongest class
     activations ``cas`` [T, C] over time in seconds (``snippet_seconds[i]`` per entry of
-    video i: a video scored on a resampled sequence has its own); ground-truth segments
+    video i: a video scored on a resampled sequence has its own; class activations outside [0, 1],
+    such as CO2-Net's logits times attention, are drawn min-max scaled over the video); ground-truth segments
     (``videos[i]`` may be None for an unannotated video) and detections as bars.
     """
     import matplotlib
@@ -43,9 +56,10 @@ def plot_timelines(
         length = len(attention[row])
         seconds = (np.arange(length) + 0.5) * snippet_seconds[row]
         ax.plot(seconds, attention[row], color="black", lw=1.2, label="attention")
-        strongest = np.argsort(-cas[row].max(axis=0))[:top_classes]
+        strongest, shown, scaled = strongest_activations(cas[row], top_classes)
         for k, c in enumerate(strongest):
-            ax.plot(seconds, cas[row][:, c], color=palette(k), lw=1.0, alpha=0.8, label=f"CAS {classes[c]}")
+            label = f"CAS {classes[c]}" + (" (min-max)" if scaled else "")
+            ax.plot(seconds, shown[:, k], color=palette(k), lw=1.0, alpha=0.8, label=label)
         video = videos[row]
         if video is not None:
             for (start, end), label in zip(video.segments, video.labels):

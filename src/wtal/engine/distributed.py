@@ -10,9 +10,13 @@ device.
 Batches keep their single-process meaning: ``train.batch_size`` is the global
 batch. Every rank draws the same global batch from an identically seeded
 ``TrainBatches`` and keeps its contiguous slice of ``batch_size / N`` videos
-(:meth:`DistContext.shard`); DDP averages the gradients, and since every model
+(:meth:`DistContext.shard`); DDP averages the gradients, and where a model's
 loss is a mean over the videos of its batch, the average of the N per-slice
-gradients is the gradient of the global-batch mean loss. Rank 0 alone
+gradients is the gradient of the global-batch mean loss. The co-activity loss
+(CO2-Net, W-TALC, and so the paper's model on its default CO2-Net base) is a mean
+over the same-class pairs instead: each rank averages the pairs in its slice, so
+the ranks' pairs are weighed equally rather than each pair (the logged value
+differs from one process's in the fourth digit on the tiny preset). Rank 0 alone
 evaluates and writes the run directory; the other ranks wait at a barrier.
 """
 

@@ -85,7 +85,7 @@ def detect_video(
     if modality != "rgb":
         raise WtalError(
             f"{config_path}: data.modality: expected 'rgb' (wtal detect extracts I3D RGB features only), "
-            f"found {modality!r}; train the run with data.modality=rgb"
+            f"found {modality!r}; train the run with data.modality=rgb (the paper's model: also model.base=plain)"
         )
     cfg, dataset, model = load_run(run, checkpoint, device)
     if overrides:

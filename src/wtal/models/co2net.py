@@ -134,6 +134,10 @@ class CO2NetConfig(ModelConfig):
         "min_length": 0,
     }
 
+    def two_streams(self) -> bool:
+        """The consensus modules read RGB and flow as two streams."""
+        return True
+
     def validate(self, source: str = "config") -> None:
         """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
         self.check(

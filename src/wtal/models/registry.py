@@ -34,6 +34,11 @@ class ModelConfig:
         mapping); a model that wraps another one overrides this to take its base's."""
         return cls.inference_defaults
 
+    def two_streams(self) -> bool:
+        """Whether the network reads RGB and flow as two separate halves of each feature vector
+        (then ``data.modality`` must be ``both``)."""
+        return False
+
     def fail(self, source: str, key: str, expected: str) -> None:
         """Raise :class:`WtalError` naming ``model.<key>``, what was expected and what was found."""
         raise WtalError(f"{source}: model.{key}: expected {expected}, found {getattr(self, key)!r}")

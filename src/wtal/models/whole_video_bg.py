@@ -2,7 +2,13 @@
 
 The paper's two contributions are parts that sit on a base model, ``model.base``:
 
-* ``plain`` (default): our embedding network. ``E = Dropout(act(conv_k3(X)))`` [B, H, T];
+* ``co2net`` (default: the paper is evaluated in CO2-Net's protocol and compared against it),
+  ``basnet``, ``um``: the registered baselines, built inside as they are
+  (``src/wtal/models/co2net.py``, ``basnet.py``, ``um.py``, each proven against its
+  authors' code) with their own config values; ``model.base_config`` overrides them, e.g.
+  ``model.base_config.embed_dim=512``. Their whole loss stays (e.g. CO2-Net's orig, supp,
+  coactivity, mutual, norm and guide terms) and so do their scores and their post-processing.
+* ``plain``: our embedding network. ``E = Dropout(act(conv_k3(X)))`` [B, H, T];
   attention ``a = sigmoid(conv_k1(Dropout(act(conv_k3(F)))))`` and class scores
   ``S = conv_k1(Dropout(F))`` over C+1 channels (background last), both read from the
   features ``F`` (``E``, or the TEN's output); attention-suppressed scores
@@ -10,13 +16,9 @@ The paper's two contributions are parts that sit on a base model, ``model.base``
   snippet (``suppress_min="class"``, what the CO2-Net code does) or over the real snippets
   of each channel (``"time"``). Loss ``L_fg + norm_weight * L_norm``: ``L_fg`` is the
   cross-entropy of top-k pooled ``S_fg`` against ``normalize([y, 0])``, ``L_norm`` the mean
-  attention. Its settings are the ``model.*`` fields of :class:`PlainConfig`.
-* ``co2net``, ``basnet``, ``um``: the registered baselines, built inside as they are
-  (``src/wtal/models/co2net.py``, ``basnet.py``, ``um.py``, each proven against its
-  authors' code) with their own config values; ``model.base_config`` overrides them, e.g.
-  ``model.base_config.embed_dim=256``. Their whole loss stays (e.g. CO2-Net's orig, supp,
-  coactivity, mutual, norm and guide terms) and so do their scores. With ``ten=off`` and
-  ``bg_loss=false`` this model computes exactly its base (tests/test_models.py).
+  attention. Its settings are the ``model.*`` fields of :class:`PlainConfig` (setting one
+  with another base is an error that names the base's own key).
+With ``ten=off`` and ``bg_loss=false`` this model computes exactly its base (tests/test_models.py).
 
 The temporal enhancement network (TEN, ``model.ten``: both | base | continuity | off) enhances
 the base's features just before its classifier, through the base's ``enhance`` hook; what
@@ -145,7 +147,7 @@ class WholeVideoBgConfig(PlainConfig):
     """The plain base's fields (inherited), the base model, the TEN and the background loss."""
 
     name: str = "whole_video_bg"
-    base: str = "plain"  # base model the TEN and the background loss sit on: plain | co2net | basnet | um [ours]
+    base: str = "co2net"  # base model the TEN and the background loss sit on: plain | co2net | basnet | um [ours]
     base_config: dict[str, Any] = field(default_factory=dict)  # overrides of the base's config (not plain) [ours]
     ten: str | bool = "both"  # TEN branches: both | base | continuity | off (YAML reads off as false) [ours]
     continuity: str = "local_affinity"  # continuity branch: local_affinity | dilated | nonlocal [ours]
@@ -220,6 +222,10 @@ class WholeVideoBgConfig(PlainConfig):
                 raise WtalError(f"{source}: model.base_config.{key}: not a key of {self.base}'s config; expected one of {keys}")
             values[key] = _typed(value, hints[key], f"{source}: model.base_config.{key}")
         return config_class(name=self.base, **values)
+
+    def two_streams(self) -> bool:
+        """The base's (CO2-Net reads RGB and flow as two streams)."""
+        return self.base_model_config().two_streams()
 
     @property
     def similar_pairs(self) -> int:
