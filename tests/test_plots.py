@@ -1,6 +1,10 @@
-import numpy as np
+import json
 
-from wtal.plots import strongest_activations
+import numpy as np
+import pytest
+
+from wtal.errors import WtalError
+from wtal.plots import evaluation_curve, strongest_activations
 
 
 def test_probabilities_are_drawn_as_they_are():
@@ -17,3 +21,41 @@ def test_logits_are_min_max_scaled_per_class_over_the_video():
     np.testing.assert_allclose(shown, [[0.0, 0.0], [1.0, 1.0], [0.5, 2 / 3]])
     _, flat, _ = strongest_activations(np.full((3, 1), 7.0), 1)  # a constant curve stays finite
     np.testing.assert_array_equal(flat, np.zeros((3, 1)))
+
+
+def _write_log(path, lines):
+    path.mkdir()
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_evaluation_curve_reads_the_test_lines(tmp_path):
+    _write_log(tmp_path / "run", [
+        {"step": 10, "split": "train", "total": 1.0},
+        {"step": 20, "split": "test", "avg": 30.0, "mAP@0.5": 20.0},
+        {"step": 40, "split": "test", "avg": 35.5, "mAP@0.5": 25.0},
+    ])  # fmt: skip
+    steps, values = evaluation_curve(tmp_path / "run", "mAP@0.5")
+    assert steps.tolist() == [20, 40] and values.tolist() == [20.0, 25.0]
+    with pytest.raises(WtalError, match=r"run/metrics.jsonl: no metric 'nope' .*'mAP@0.5'"):
+        evaluation_curve(tmp_path / "run", "nope")
+    _write_log(tmp_path / "early", [{"step": 10, "split": "train", "total": 1.0}])
+    with pytest.raises(WtalError, match="early/metrics.jsonl: no test evaluation yet"):
+        evaluation_curve(tmp_path / "early")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "spl\n')
+    with pytest.raises(WtalError, match="broken/metrics.jsonl: line 2: expected a JSON object"):
+        evaluation_curve(tmp_path / "broken")
+
+
+def test_curves_command_prints_best_and_last_and_writes_a_png(tmp_path, capsys):
+    from wtal.cli import main
+
+    _write_log(tmp_path / "a", [{"step": s, "split": "test", "avg": v} for s, v in [(100, 40.0), (200, 52.5), (300, 50.0)]])
+    out = tmp_path / "curves.png"
+    assert main(["curves", str(tmp_path / "a"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "100:40.00 200:52.50* 300:50.00" in text
+    assert "best 52.50 at step 200; last 50.00 at step 300 (-2.50 from the best)" in text
+    assert out.stat().st_size > 5_000
+    assert main(["curves", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "missing/metrics.jsonl: file not found" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Command-line interface: ``wtal {synth,train,localize,eval,demo}``.
+"""Command-line interface: ``wtal {synth,train,localize,eval,sweep,curves,demo,extract,detect}``.
 
 Every user-input problem ends in one line ``wtal: error: <file or video>: <field>: <what>``
 and exit status 2; nothing a user owns is overwritten without ``--overwrite``.
@@ -215,6 +215,21 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_curves(args) -> int:
+    from wtal.plots import evaluation_curve, plot_curves
+
+    curves = {str(run): evaluation_curve(run, args.metric) for run in args.runs}
+    print(f"test {args.metric} per evaluation (best marked *)")
+    for name, (steps, values) in curves.items():
+        best = int(values.argmax())
+        row = " ".join(f"{s}:{v:.2f}{'*' if i == best else ''}" for i, (s, v) in enumerate(zip(steps, values)))
+        print(f"{name}: {row}")
+        print(f"  best {values[best]:.2f} at step {steps[best]}; last {values[-1]:.2f} at step {steps[-1]} "
+              f"({values[-1] - values[best]:+.2f} from the best)")
+    print(f"wrote {plot_curves(args.out, curves, args.metric)}")
+    return 0
+
+
 def _cmd_sweep(args) -> int:
     from wtal.engine.sweep import parse_grid, read_variants, run_sweep
 
@@ -295,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_overrides(p)
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("curves", help="plot and print a test metric over training steps for runs")
+    p.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl)")
+    p.add_argument("--metric", default="avg", help="a key of the test lines of metrics.jsonl (default avg)")
+    p.add_argument("--out", default="curves.png", help="PNG to write")
+    p.set_defaults(func=_cmd_curves)
 
     p = sub.add_parser("demo", help="synthetic THUMOS14 -> train the paper's model -> mAP table and timeline")
     p.add_argument("--out", default="runs/demo", help="demo folder (data and run)")

@@ -179,3 +179,21 @@ def read_json(path: str | os.PathLike) -> Any:
         raise WtalError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except UnicodeDecodeError:
         raise WtalError(f"{path}: not a UTF-8 text file") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSON-lines file (a run's ``metrics.jsonl``) into its records, naming the file and
+    line of one that is not a JSON object."""
+    path = Path(path)
+    if not path.is_file():
+        raise WtalError(f"{path}: file not found")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            raise WtalError(f"{path}: line {number}: expected a JSON object, found {line[:80]!r}")
+        records.append(record)
+    return records

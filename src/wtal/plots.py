@@ -88,3 +88,43 @@ def plot_timelines(
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+def evaluation_curve(run_dir: str | Path, metric: str = "avg") -> tuple[np.ndarray, np.ndarray]:
+    """Steps [E] and values [E] of ``metric`` at each test evaluation in ``run_dir/metrics.jsonl``."""
+    from wtal.errors import WtalError
+    from wtal.io import read_jsonl
+
+    path = Path(run_dir) / "metrics.jsonl"
+    tests = [record for record in read_jsonl(path) if record.get("split") == "test"]
+    if not tests:
+        raise WtalError(f"{path}: no test evaluation yet (lines with split 'test')")
+    if metric not in tests[0]:
+        keys = sorted(k for k in tests[0] if k not in ("step", "split"))
+        raise WtalError(f"{path}: no metric {metric!r} in its test evaluations; expected one of {keys}")
+    return np.array([r["step"] for r in tests]), np.array([r[metric] for r in tests], dtype=float)
+
+
+def plot_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], metric: str) -> Path:
+    """Write a PNG of each named curve (steps, values) of ``metric`` over training steps, its best
+    evaluation marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, (steps, values) in curves.items():
+        (line,) = ax.plot(steps, values, marker="o", ms=3, lw=1.2, label=name)
+        best = int(np.argmax(values))
+        ax.plot(steps[best], values[best], marker="*", ms=11, color=line.get_color())
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"test {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

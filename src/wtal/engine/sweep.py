@@ -12,7 +12,6 @@ wanders during training, and the two columns side by side show by how much.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import shlex
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import numpy as np
 
 from wtal.config import load_config
 from wtal.errors import WtalError
-from wtal.io import atomic_path, read_json, read_yaml_mapping, write_json, write_text
+from wtal.io import atomic_path, read_json, read_jsonl, read_yaml_mapping, write_json, write_text
 
 
 @dataclass
@@ -187,16 +186,8 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 def _last_evaluation(path: Path) -> dict[str, float]:
     """The averages (``avg(...)`` and ``avg``) of the last test evaluation in a run's metrics.jsonl ({} if none)."""
-    last: dict = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise WtalError(f"{path}: not a JSON line: {line[:80]!r}") from None
-            if record.get("split") == "test":
-                last = record
-    return {k: float(v) for k, v in last.items() if k.startswith("avg")}
+    tests = [record for record in read_jsonl(path) if record.get("split") == "test"] if path.is_file() else []
+    return {k: float(v) for k, v in (tests[-1] if tests else {}).items() if k.startswith("avg")}
 
 
 def write_report(report: dict, out: Path) -> None:
