@@ -12,6 +12,18 @@ from wtal.detections import Detections
 from wtal.io import atomic_path
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
 def strongest_activations(cas: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """The ``top`` classes of ``cas`` [T, C] with the highest peak, their curves [T, top] and whether
     the curves were min-max scaled over time (done when any value lies outside [0, 1])."""
@@ -82,12 +94,7 @@ def plot_timelines(
         ax.set_title(name, fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper right", ncol=3)
     axes[-1, 0].set_xlabel("seconds")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def evaluation_curve(run_dir: str | Path, metric: str = "avg") -> tuple[np.ndarray, np.ndarray]:
@@ -122,9 +129,4 @@ def plot_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray
     ax.set_ylabel(f"test {metric}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -21,7 +21,8 @@ import numpy as np
 
 from wtal.config import load_config
 from wtal.errors import WtalError
-from wtal.io import atomic_path, read_json, read_jsonl, read_yaml_mapping, write_json, write_text
+from wtal.io import read_json, read_jsonl, read_yaml_mapping, write_json, write_text
+from wtal.plots import save_figure
 
 
 @dataclass
@@ -248,7 +249,4 @@ def _plot(rows: list[dict], key: str, path: Path) -> None:
     ax.set_xticklabels([r["row"] for r in rows], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(f"{key} mAP (%)")
     ax.set_title(f"{key}: mean ± std over seeds")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
