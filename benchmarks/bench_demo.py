@@ -28,7 +28,6 @@ from wtal.cli import DEMO_OVERRIDES
 
 SMOKE_OVERRIDES = [
     "train.threads=1",
-    "data.feature_dim=128",
     "model.base_config.embed_dim=32",
     "model.base_config.attention_dim=16",
     "data.max_seqlen=64",

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -114,7 +115,7 @@ def test_synth_refuses_to_overwrite(tmp_path, capsys):
 def test_demo_on_a_small_dataset(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--quiet", "--out", str(out), "--data", str(tiny_dataset),
-                 "data.feature_dim=128", "model.base_config.embed_dim=32", "model.base_config.attention_dim=16",
+                 "model.base_config.embed_dim=32", "model.base_config.attention_dim=16",
                  "data.max_seqlen=64", "train.iterations=6", "train.eval_every=3"])
     assert code == 0
     text = capsys.readouterr().out
@@ -123,3 +124,16 @@ def test_demo_on_a_small_dataset(tiny_dataset, tmp_path, capsys):
     (run,) = out.glob("run-*")
     assert (run / "timeline.png").stat().st_size > 10_000
     assert (run / "detections.json").is_file() and (run / "metrics.json").is_file()
+    assert "using the synthetic dataset already in" in text and "(128-d features)" in text and "sized for" not in text
+
+
+def test_demo_names_its_own_older_dataset(tiny_dataset, tmp_path, capsys):
+    """A demo folder whose data an older demo wrote at another width is used with a note (never
+    replaced without --overwrite)."""
+    out = tmp_path / "demo"
+    shutil.copytree(tiny_dataset, out / "data")
+    code = main(["demo", "--quiet", "--out", str(out), "model.base_config.embed_dim=32",
+                 "model.base_config.attention_dim=16", "data.max_seqlen=64", "train.iterations=2", "train.eval_every=0"])
+    assert code == 0
+    assert "note: the demo's cut is sized for 512-d features" in capsys.readouterr().out
+    assert (out / "data" / "dataset.yaml").read_text() == (tiny_dataset / "dataset.yaml").read_text()

@@ -25,7 +25,6 @@ PAPER_ANET12 = {"paper (Li et al. 2022)": [41.6, None, None, None, None, 24.8, N
 # so that generation, training and evaluation fit in a few minutes on 2 CPU cores.
 DEMO_FEATURE_DIM = 512
 DEMO_OVERRIDES = [
-    f"data.feature_dim={DEMO_FEATURE_DIM}",
     "data.sampling=resample",
     "data.max_seqlen=500",
     "model.base_config.embed_dim=512",
@@ -167,16 +166,23 @@ def _cmd_demo(args) -> int:
     from wtal.data.synthetic import generate
     from wtal.engine.trainer import train
     from wtal.evaluate import attention_inside_outside
+    from wtal.io import read_yaml_mapping
     from wtal.plots import plot_timelines
 
     started = time.time()
     out = Path(args.out)
     data_dir = Path(args.data) if args.data else out / "data"
-    if not (data_dir / "dataset.yaml").is_file():
+    found = data_dir / "dataset.yaml"
+    width = read_yaml_mapping(found, "a canonical dataset").get("feature_dim") if found.is_file() else None
+    # An older demo's own dataset (2048-d) is regenerated on --overwrite; a --data folder is used as it is.
+    if width is None or (width != DEMO_FEATURE_DIM and not args.data and args.overwrite):
         print(f"generating the synthetic THUMOS14 preset (real annotation structure) in {data_dir} ...")
         generate("thumos14", data_dir, seed=0, overwrite=args.overwrite, feature_dim=DEMO_FEATURE_DIM)
     else:
-        print(f"using the synthetic dataset already in {data_dir}")
+        print(f"using the synthetic dataset already in {data_dir} ({width}-d features)")
+        if width != DEMO_FEATURE_DIM and not args.data:
+            print(f"note: the demo's cut is sized for {DEMO_FEATURE_DIM}-d features (an older demo wrote these "
+                  "ones); wtal demo --overwrite regenerates them")
     overrides = [
         f"data.root={data_dir}",
         f"output_dir={out}",
@@ -319,11 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic THUMOS14 -> train the paper's model -> mAP table and timeline")
     p.add_argument("--out", default="runs/demo", help="demo folder (data and run)")
-    p.add_argument(
-        "--data",
-        help=f"use this canonical dataset instead of generating one ({DEMO_FEATURE_DIM}-d features, "
-        "else add data.feature_dim=<its width>)",
-    )
+    p.add_argument("--data", help="use this canonical dataset instead of generating one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a previous demo run")
     p.add_argument("--quiet", action="store_true")
