@@ -175,12 +175,13 @@ def _cmd_demo(args) -> int:
     found = data_dir / "dataset.yaml"
     width = read_yaml_mapping(found, "a canonical dataset").get("feature_dim") if found.is_file() else None
     # An older demo's own dataset (2048-d) is regenerated on --overwrite; a --data folder is used as it is.
-    if width is None or (width != DEMO_FEATURE_DIM and not args.data and args.overwrite):
+    stale = width is not None and width != DEMO_FEATURE_DIM and not args.data
+    if width is None or (stale and args.overwrite):
         print(f"generating the synthetic THUMOS14 preset (real annotation structure) in {data_dir} ...")
         generate("thumos14", data_dir, seed=0, overwrite=args.overwrite, feature_dim=DEMO_FEATURE_DIM)
     else:
         print(f"using the synthetic dataset already in {data_dir} ({width}-d features)")
-        if width != DEMO_FEATURE_DIM and not args.data:
+        if stale:
             print(f"note: the demo's cut is sized for {DEMO_FEATURE_DIM}-d features (an older demo wrote these "
                   "ones); wtal demo --overwrite regenerates them")
     overrides = [

@@ -1,4 +1,5 @@
-"""Timelines of what a model saw in a video: attention, class activations, ground truth, detections."""
+"""Timelines of what a model saw in a video (attention, class activations, ground truth, detections)
+and curves of a test metric over training."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 
 from wtal.data.annotations import Video
 from wtal.detections import Detections
-from wtal.io import atomic_path
+from wtal.errors import WtalError
+from wtal.io import atomic_path, read_jsonl
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -99,9 +101,6 @@ def plot_timelines(
 
 def evaluation_curve(run_dir: str | Path, metric: str = "avg") -> tuple[np.ndarray, np.ndarray]:
     """Steps [E] and values [E] of ``metric`` at each test evaluation in ``run_dir/metrics.jsonl``."""
-    from wtal.errors import WtalError
-    from wtal.io import read_jsonl
-
     path = Path(run_dir) / "metrics.jsonl"
     tests = [record for record in read_jsonl(path) if record.get("split") == "test"]
     if not tests:
