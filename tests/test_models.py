@@ -555,7 +555,7 @@ def test_gradnorm_balance_sets_the_background_gradient_norm_to_bg_weight_times_t
 def test_the_co2net_base_needs_both_modalities():
     with pytest.raises(WtalError, match=r"data.modality: expected both .*model.base=co2net.*found 'rgb'.*model.base=plain"):
         load_config(None, ["data.modality=rgb"])
-    with pytest.raises(WtalError, match=r"data.modality: expected both with model.name=co2net.*found 'flow'"):
+    with pytest.raises(WtalError, match=r"data.modality: expected both with model.name=co2net.*found 'flow'.*mil or basnet"):
         load_config(None, ["model.name=co2net", "data.modality=flow"])
     assert load_config(None, ["data.modality=rgb", "model.base=plain"]).data.modality == "rgb"
     assert load_config(None, ["data.modality=rgb", "model.base=um"]).model.base == "um"

@@ -261,3 +261,20 @@ def test_actionness_is_one_row_inside_every_class_instance(tiny_dataset, tmp_pat
     directions = [np.concatenate(d).mean(axis=0) for d in by_class.values()]
     assert all(d.sum() > 0 for d in directions)
     assert min(_cos(np.stack(directions), directions[0])) > 0.9
+
+
+def test_scene_changes_cut_the_background_into_shots():
+    """Each shot mixes one or two generic scenes; without changes the mix is constant in time."""
+    length = 2000
+    constant = _Prototypes(configure("tiny", {"num_scenes": 8}), ("a",), seed=0)._scene_mix(
+        np.random.default_rng(0), length
+    )
+    assert constant.shape == (length, 8) and np.all(constant == constant[0])
+    cut = _Prototypes(configure("tiny", {"num_scenes": 8, "scene_changes": 5.0}), ("a",), seed=0)
+    mix = cut._scene_mix(np.random.default_rng(0), length)
+    np.testing.assert_allclose(mix.sum(axis=1), 1.0)
+    assert np.all((mix > 0).sum(axis=1) <= 2)
+    changes = np.any(mix[1:] != mix[:-1], axis=1).sum()
+    assert 60 <= changes <= 140  # about 5 per 100 snippets
+    with pytest.raises(WtalError, match="scene_changes"):
+        configure("tiny", {"scene_changes": -1.0})

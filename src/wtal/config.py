@@ -314,10 +314,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     if hasattr(cfg.model, "validate"):
         cfg.model.validate(source)
     if cfg.model.two_streams() and cfg.data.modality != "both":
-        wrapped = hasattr(cfg.model, "base")
-        model = f"model.name={cfg.model.name}" + (f" on model.base={cfg.model.base}" if wrapped else "")
-        single = "model.base=plain" if wrapped else "e.g. model.name=mil or basnet"
         raise WtalError(
-            f"{source}: data.modality: expected both with {model}, whose network reads RGB and flow as two "
-            f"streams; found {cfg.data.modality!r} (for a single stream use {single})"
+            f"{source}: data.modality: expected both with {cfg.model.describe()}, whose network reads RGB and "
+            f"flow as two streams; found {cfg.data.modality!r} (for a single stream use "
+            f"{cfg.model.single_stream_hint()})"
         )

@@ -16,7 +16,11 @@ noise; features are ``max(0, .)``, non-negative with sparse large values like
 post-ReLU I3D averages. Prototypes are sparse non-negative rows with unit RMS.
 
 * generic scene: ``num_scenes`` prototypes shared by all videos; each video
-  mixes one or two of them, constant in time;
+  mixes one or two of them, constant in time unless ``scene_changes`` > 0: then
+  the video is cut into shots (a cut after each snippet with probability
+  ``scene_changes / 100``) and every shot draws its own mix, so background is
+  not one consistent thing within a video (shot changes, replays, crowd and
+  studio views);
 * class context: every snippet of a video of class ``c`` carries a class-``c``
   scene row, ``context_strength * (context_floor + (1 - context_floor) *
   exp(-d / context_decay))`` with ``d`` the distance in snippets to the nearest
@@ -140,6 +144,7 @@ class SynthConfig:
     # feature model
     num_scenes: int = 6  # generic scene prototypes shared by all videos
     scene_strength: float = 1.0  # amplitude of the generic scene mixture
+    scene_changes: float = 0.0  # expected shot changes per 100 snippets; each shot redraws its scene mix
     context_strength: float = 0.9  # peak amplitude of the class context (at and inside instances)
     context_floor: float = 0.3  # share of the peak context present everywhere in a video of the class
     context_decay: float = 10.0  # snippets over which the context decays (1/e) away from instances
@@ -293,6 +298,7 @@ def _check(cfg: SynthConfig) -> None:
     for key in ("max_train_videos", "max_test_videos", "max_snippets", "noise_dim"):
         need(getattr(cfg, key) >= 0, key, "a non-negative integer")
     need(cfg.num_scenes >= 1, "num_scenes", "a positive integer")
+    need(0.0 <= cfg.scene_changes <= 100.0, "scene_changes", "a number of shot changes per 100 snippets in [0, 100]")
     key = cfg.key_fraction
     need(len(key) == 2 and 0.0 < key[0] <= key[1] <= 1.0, "key_fraction", "[min, max] with 0 < min <= max <= 1")
     shares = (
@@ -472,10 +478,8 @@ class _Prototypes:
         centre = (np.arange(length) + 0.5) * cfg.snippet_seconds  # seconds
         rows, coefs = [], []
 
-        mix = rng.choice(cfg.num_scenes, size=min(cfg.num_scenes, 1 + int(rng.random() < 0.5)), replace=False)
-        for scene, weight in zip(mix, rng.dirichlet(np.ones(len(mix)))):
-            rows.append(self.scenes[scene])
-            coefs.append(np.full(length, cfg.scene_strength * weight))
+        rows.append(self.scenes)
+        coefs.extend(cfg.scene_strength * self._scene_mix(rng, length).T)
 
         labels = np.asarray(video.labels)
         moving = np.zeros(length)  # [T] strength of the nearest instance of any class
@@ -521,6 +525,21 @@ class _Prototypes:
         np.maximum(features, 0.0, out=features)
         features *= cfg.scale
         return features
+
+    def _scene_mix(self, rng: np.random.Generator, length: int) -> np.ndarray:
+        """``[T, num_scenes]`` weight of each generic scene: one or two per shot, summing to 1."""
+        num_scenes = self.cfg.num_scenes
+        shots = 1
+        if self.cfg.scene_changes > 0:
+            cuts = rng.random(length) < self.cfg.scene_changes / 100.0
+            cuts[0] = False
+            shot = np.cumsum(cuts)  # [T] shot index of each snippet
+            shots = int(shot[-1]) + 1
+        weights = np.zeros((shots, num_scenes))
+        for i in range(shots):
+            mix = rng.choice(num_scenes, size=min(num_scenes, 1 + int(rng.random() < 0.5)), replace=False)
+            weights[i, mix] = rng.dirichlet(np.ones(len(mix)))
+        return weights[shot] if shots > 1 else np.repeat(weights, length, axis=0)
 
     def _key_moment(self, rng: np.random.Generator, phase: np.ndarray, snippets: np.ndarray) -> np.ndarray:
         """``[T, N]`` strength of the class's own row: 1 in each instance's key window, ``key_floor`` elsewhere.

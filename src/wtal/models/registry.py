@@ -39,6 +39,14 @@ class ModelConfig:
         (then ``data.modality`` must be ``both``)."""
         return False
 
+    def describe(self) -> str:
+        """How error messages name this model, e.g. ``model.name=co2net``."""
+        return f"model.name={self.name}"
+
+    def single_stream_hint(self) -> str:
+        """What to use instead when the data has one stream and this model reads two."""
+        return "e.g. model.name=mil or basnet"
+
     def fail(self, source: str, key: str, expected: str) -> None:
         """Raise :class:`WtalError` naming ``model.<key>``, what was expected and what was found."""
         raise WtalError(f"{source}: model.{key}: expected {expected}, found {getattr(self, key)!r}")

@@ -236,6 +236,12 @@ class WholeVideoBgConfig(PlainConfig):
         """The base's (CO2-Net reads RGB and flow as two streams)."""
         return self.base_model_config().two_streams()
 
+    def describe(self) -> str:
+        return f"model.name={self.name} on model.base={self.base}"
+
+    def single_stream_hint(self) -> str:
+        return "model.base=plain"
+
     @property
     def similar_pairs(self) -> int:
         """Same-class video pairs the sampler puts at the start of each batch: the base's (CO2-Net
