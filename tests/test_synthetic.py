@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from wtal.data.annotations import Annotations
+from wtal.data.annotations import Annotations, Video
 from wtal.data.synthetic import (
     PRESETS,
     _Prototypes,
@@ -278,3 +278,29 @@ def test_scene_changes_cut_the_background_into_shots():
     assert 60 <= changes <= 140  # about 5 per 100 snippets
     with pytest.raises(WtalError, match="scene_changes"):
         configure("tiny", {"scene_changes": -1.0})
+
+
+def test_boundary_jitter_moves_the_generated_action_not_the_annotation():
+    """Each generated boundary moves by at most boundary_jitter x the instance's length."""
+    only_actionness = {
+        "actionness_strength": 4.0, "scene_strength": 0.0, "context_strength": 0.0, "action_strength": 0.0,
+        "action_like_background": 0.0, "noise_strength": 0.0, "white_noise": 0.0, "boundary_snippets": 0.0,
+        "offset": -1.0,
+    }
+    lengths = np.arange(8, 41, 4) * 0.64  # seconds, 9 instances 40 snippets apart
+    starts = np.cumsum(np.concatenate([[10 * 0.64], lengths[:-1] + 40 * 0.64])) + 0.3
+    segments = np.column_stack([starts, starts + lengths])
+    video = Video("v", "validation", float(segments[-1, 1] + 30), segments, ("a",) * len(segments))
+    moved = {}
+    for jitter in (0.0, 0.3):
+        cfg = configure("tiny", {**only_actionness, "boundary_jitter": jitter})
+        active = _Prototypes(cfg, ("a",), seed=0).video(video).sum(axis=1) > 0  # [T] inside generated instances
+        edges = np.flatnonzero(np.diff(active.astype(int)))  # last snippet before each change
+        starts, ends = (edges[0::2] + 1.5) * 0.64, (edges[1::2] + 1.5) * 0.64 - 0.64  # seconds, snippet centres
+        moved[jitter] = np.column_stack([starts, ends]) - segments
+    assert np.abs(moved[0.0]).max() <= 0.64
+    bound = 0.3 * (segments[:, 1] - segments[:, 0])[:, None] + 0.64
+    assert np.all(np.abs(moved[0.3]) <= bound)
+    assert np.abs(moved[0.3]).max() > 2 * 0.64  # some boundary moved by more than two snippets
+    with pytest.raises(WtalError, match="boundary_jitter"):
+        configure("tiny", {"boundary_jitter": 0.5})

@@ -45,7 +45,12 @@ post-ReLU I3D averages. Prototypes are sparse non-negative rows with unit RMS.
   by the proximity to instances. It keeps a linear snippet classifier from
   telling context from action perfectly;
 * soft boundaries: the action strength ramps linearly over ``boundary_snippets``
-  centred on each annotated boundary;
+  centred on each boundary;
+* annotation disagreement: with ``boundary_jitter`` > 0 the action lies where the
+  annotation says up to that share of the instance's length: each boundary of the
+  generated instance is the annotated one moved uniformly by up to ``boundary_jitter``
+  times the instance's duration (annotators of real benchmarks disagree most about
+  where actions start and end), while the annotations written stay the real ones;
 * temporally correlated noise: an AR(1) process (coefficient ``noise_ar``) in a
   ``noise_dim``-dimensional latent projected to ``D`` (the AR filter is applied
   as a truncated causal convolution, vectorised over time), plus white noise;
@@ -155,6 +160,7 @@ class SynthConfig:
     key_floor: float = 1.0  # strength of the class's own action row outside the key moment (share of its peak)
     actionness_strength: float = 0.0  # amplitude of the action row shared by all classes inside instances
     boundary_snippets: float = 2.0  # width of the linear ramp centred on each boundary, in snippets
+    boundary_jitter: float = 0.0  # each generated boundary moves by up to this share of the instance from the annotated one
     instance_jitter: float = 0.3  # instance amplitude uniform in 1 +- this
     action_fluctuation: float = 0.25  # relative size of the slow fluctuation of the action inside instances
     action_like_background: float = 0.45  # amplitude of the action-like process outside instances
@@ -305,6 +311,7 @@ def _check(cfg: SynthConfig) -> None:
         "context_floor", "edge_fraction", "edge_share", "key_floor", "instance_jitter", "scene_rgb_share",
         "action_flow_share",
     )
+    need(0.0 <= cfg.boundary_jitter < 0.5, "boundary_jitter", "a share of the instance in [0, 0.5)")
     for key in shares:
         need(0.0 <= getattr(cfg, key) <= 1.0, key, "a number in [0, 1]")
     need(0.0 <= cfg.noise_ar < 1.0, "noise_ar", "a number in [0, 1)")
@@ -486,6 +493,10 @@ class _Prototypes:
         for name in sorted(set(video.labels)):
             c = self.class_index[name]
             start, end = video.segments[labels == name].T
+            if cfg.boundary_jitter > 0:  # its own stream: the rest of the video is drawn as without it
+                moves = np.random.default_rng([self.seed, zlib.crc32(video.name.encode()), c])
+                shift = cfg.boundary_jitter * (end - start) * moves.uniform(-1.0, 1.0, (2, len(start)))
+                start, end = start + shift[0], end + shift[1]
             amp = 1.0 + cfg.instance_jitter * rng.uniform(-1.0, 1.0, len(start))
             depth = np.minimum(centre[:, None] - start, end - centre[:, None]) / cfg.snippet_seconds  # [T, N]
             if cfg.boundary_snippets > 0:
