@@ -73,9 +73,10 @@ gain is the TEN's (TEN alone 66.9 ± 2.0; the background loss alone -0.1). One s
 reading D with lambda 5 (66.2), ``bg_balance=gradnorm`` (66.0) and bg_weight 0.1 (67.8) stays
 within the defaults' seed spread (seed 0 of the defaults: 65.7), so the defaults stay.
 On UM's base at UM's budget the parts hurt (one seed: 38.0 best, 17.4 last vs UM's 48.5, 38.5).
-Over CO2-Net's full 5,000 iterations (one seed, lr 1e-4; reports/thumos14_cpu_long_run) it
-peaks at 66.8 (step 750) and drifts down to 61.3 as the attention closes (0.73 -> 0.56 inside
-the ground truth, 0.19 -> 0.07 outside): no collapse, but 5.5 points below its best at the end.
+Over CO2-Net's full 5,000 iterations (one seed) it does not collapse but drifts as the
+attention closes: at CO2-Net's lr 5e-5 (reports/thumos14_cpu_long_run_lr5e-5) best 65.9 (step
+1250), last 62.9 (-3.0; attention inside the ground truth 0.77 -> 0.59); at the 600-iteration
+budget's lr 1e-4 (reports/thumos14_cpu_long_run) best 66.8 (step 750), last 61.3 (-5.5).
 On the ActivityNet preset (reports/activitynet_cpu, one seed) it scores 51.3 avg
 mAP(0.5:0.95) beside CO2-Net's 48.6.
 The plain base collapses where CO2-Net's does not: on 40 ActivityNet classes its attention
