@@ -540,17 +540,15 @@ class _Prototypes:
     def _scene_mix(self, rng: np.random.Generator, length: int) -> np.ndarray:
         """``[T, num_scenes]`` weight of each generic scene: one or two per shot, summing to 1."""
         num_scenes = self.cfg.num_scenes
-        shots = 1
+        shot = np.zeros(length, dtype=int)  # [T] shot index of each snippet
         if self.cfg.scene_changes > 0:
             cuts = rng.random(length) < self.cfg.scene_changes / 100.0
-            cuts[0] = False
-            shot = np.cumsum(cuts)  # [T] shot index of each snippet
-            shots = int(shot[-1]) + 1
-        weights = np.zeros((shots, num_scenes))
-        for i in range(shots):
+            shot[1:] = np.cumsum(cuts[1:])
+        weights = np.zeros((shot[-1] + 1, num_scenes))
+        for i in range(len(weights)):
             mix = rng.choice(num_scenes, size=min(num_scenes, 1 + int(rng.random() < 0.5)), replace=False)
             weights[i, mix] = rng.dirichlet(np.ones(len(mix)))
-        return weights[shot] if shots > 1 else np.repeat(weights, length, axis=0)
+        return weights[shot]
 
     def _key_moment(self, rng: np.random.Generator, phase: np.ndarray, snippets: np.ndarray) -> np.ndarray:
         """``[T, N]`` strength of the class's own row: 1 in each instance's key window, ``key_floor`` elsewhere.
