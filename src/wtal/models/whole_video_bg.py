@@ -72,7 +72,9 @@ avg mAP(0.1:0.7), with the TEN and the background loss 67.3 ± 1.6, best and las
 gain is the TEN's (TEN alone 66.9 ± 2.0; the background loss alone -0.1). One seed each of
 reading D with lambda 5 (66.2), ``bg_balance=gradnorm`` (66.0) and bg_weight 0.1 (67.8) stays
 within the defaults' seed spread (seed 0 of the defaults: 65.7), so the defaults stay.
-On UM's base at UM's budget the parts hurt (one seed: 38.0 best, 17.4 last vs UM's 48.5, 38.5).
+On UM's base at UM's budget the parts hurt (one seed: 38.0 best, 17.4 last vs UM's 48.5, 38.5);
+on BaS-Net's they help (one seed: 65.9 best, 62.3 last vs BaS-Net's 59.4, 58.6;
+reports/thumos14_cpu_paper_bases).
 Over CO2-Net's full 5,000 iterations (one seed) it does not collapse but drifts as the
 attention closes: at CO2-Net's lr 5e-5 (reports/thumos14_cpu_long_run_lr5e-5) best 65.9 (step
 1250), last 62.9 (-3.0; attention inside the ground truth 0.77 -> 0.59); at the 600-iteration
