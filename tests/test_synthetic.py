@@ -296,8 +296,8 @@ def test_boundary_jitter_moves_the_generated_action_not_the_annotation():
         cfg = configure("tiny", {**only_actionness, "boundary_jitter": jitter})
         active = _Prototypes(cfg, ("a",), seed=0).video(video).sum(axis=1) > 0  # [T] inside generated instances
         edges = np.flatnonzero(np.diff(active.astype(int)))  # last snippet before each change
-        starts, ends = (edges[0::2] + 1.5) * 0.64, (edges[1::2] + 1.5) * 0.64 - 0.64  # seconds, snippet centres
-        moved[jitter] = np.column_stack([starts, ends]) - segments
+        first, last = (edges[0::2] + 1.5) * 0.64, (edges[1::2] + 1.5) * 0.64 - 0.64  # seconds, snippet centres
+        moved[jitter] = np.column_stack([first, last]) - segments
     assert np.abs(moved[0.0]).max() <= 0.64
     bound = 0.3 * (segments[:, 1] - segments[:, 0])[:, None] + 0.64
     assert np.all(np.abs(moved[0.3]) <= bound)

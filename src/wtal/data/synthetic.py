@@ -311,9 +311,9 @@ def _check(cfg: SynthConfig) -> None:
         "context_floor", "edge_fraction", "edge_share", "key_floor", "instance_jitter", "scene_rgb_share",
         "action_flow_share",
     )
-    need(0.0 <= cfg.boundary_jitter < 0.5, "boundary_jitter", "a share of the instance in [0, 0.5)")
     for key in shares:
         need(0.0 <= getattr(cfg, key) <= 1.0, key, "a number in [0, 1]")
+    need(0.0 <= cfg.boundary_jitter < 0.5, "boundary_jitter", "a share of the instance in [0, 0.5)")
     need(0.0 <= cfg.noise_ar < 1.0, "noise_ar", "a number in [0, 1)")
     need(0.0 < cfg.prototype_density <= 1.0, "prototype_density", "a number in (0, 1]")
     need(cfg.context_decay > 0, "context_decay", "a positive number of snippets")
