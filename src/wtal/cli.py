@@ -112,7 +112,21 @@ def _cmd_localize(args) -> int:
     detections = detect(scores, dataset, cfg)
     detections.save(out)
     print(f"wrote {len(detections)} detections for {len(videos)} videos to {out}")
+    if any(len(video.segments) for video in videos):
+        print(_attention_line(scores, dataset.annotations, f"subset {subset!r}"))
     return 0
+
+
+def _attention_line(scores, annotations, where: str) -> str:
+    """The mean attention inside and outside the ground-truth segments of the scored videos."""
+    from wtal.evaluate import attention_inside_outside
+
+    inside, outside = attention_inside_outside(
+        [annotations.videos[s.name].segments for s in scores],
+        [s.attention for s in scores],
+        [s.snippet_seconds for s in scores],
+    )
+    return f"mean attention on {where}: {inside:.3f} inside ground truth, {outside:.3f} outside"
 
 
 def _load_ground_truth(path: Path):
@@ -165,7 +179,6 @@ def _cmd_demo(args) -> int:
     from wtal.config import load_config
     from wtal.data.synthetic import generate
     from wtal.engine.trainer import train
-    from wtal.evaluate import attention_inside_outside
     from wtal.io import read_yaml_mapping
     from wtal.plots import plot_timelines
 
@@ -196,13 +209,7 @@ def _cmd_demo(args) -> int:
     print("training the paper's model (demo cut: " + ", ".join(DEMO_OVERRIDES) + ") ...")
     result = train(cfg, overwrite=args.overwrite, progress=not args.quiet)
     _print_result(result.metrics, cfg.eval.thresholds)
-    videos = result.dataset.annotations.videos
-    inside, outside = attention_inside_outside(
-        [videos[s.name].segments for s in result.scores],
-        [s.attention for s in result.scores],
-        [s.snippet_seconds for s in result.scores],
-    )
-    print(f"mean attention on the test videos: {inside:.2f} inside ground truth, {outside:.2f} outside")
+    print(_attention_line(result.scores, result.dataset.annotations, "the test videos"))
     print("note: synthetic features laid over THUMOS14's real annotations; the paper's row is on real I3D features.")
 
     annotated = [s for s in result.scores if len(result.dataset.annotations.videos[s.name].labels)]
