@@ -409,6 +409,17 @@ def test_ten_sits_just_before_the_base_classifier(base):
         assert not torch.allclose(after[classifier_output], before[classifier_output])
 
 
+@pytest.mark.parametrize("ten", ["both", "base", "continuity"])
+def test_residual_ten_adds_its_input(ten):
+    plain = make_on_base("co2net", ten=ten).ten
+    residual = make_on_base("co2net", ten=ten, ten_residual=True).ten
+    residual.load_state_dict(plain.state_dict())
+    features, mask, _ = make_batch()
+    e = features.transpose(1, 2)  # [B, D, T]: the width the co2net base's TEN enhances
+    with torch.no_grad():
+        torch.testing.assert_close(residual(e, mask), e + plain(e, mask))
+
+
 FORCED = {  # (base, bg_input) -> the base's output the background loss forces to background
     ("plain", "cas"): "cas_logits",
     ("plain", "cas_fg"): "cas_fg_logits",

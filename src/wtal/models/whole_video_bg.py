@@ -31,7 +31,8 @@ comes after that point reads the enhanced features:
 Base branch ``act(conv_k3(E))``; temporal continuity branch over affinity snippets
 (``continuity``: cosine affinity within ``window`` neighbours, softmax with temperature
 ``tau``, ``Cc_t = sum_j A[t, j] phi(E_j)``; or dilated convs; or non-local affinity);
-``both`` fuses them by a sum or a 1x1 conv over their concatenation.
+``both`` fuses them by a sum or a 1x1 conv over their concatenation. ``ten_residual`` adds the
+TEN's input to its output, so that the base's features pass through unchanged at the start.
 
 The background loss (``model.bg_loss``) forces the whole video (scores pooled over every real
 snippet) to the base's background channel, the last, with background gradient reinforcement
@@ -166,6 +167,7 @@ class WholeVideoBgConfig(PlainConfig):
     window: int = 2  # local_affinity: neighbours with |t - j| <= window [ours]
     tau: float = 0.1  # temperature of the affinity softmax (local_affinity, nonlocal) [ours]
     fusion: str = "sum"  # ten=both: sum of the branches | concat (1x1 conv over both) [ours]
+    ten_residual: bool = False  # the TEN's output is added to its input (F = E + TEN(E)) instead of replacing it [ours]
     bg_loss: bool = True  # whole-video background loss on (false: ablation B0) [ours]
     bg_input: str = "cas"  # scores forced to background: cas (S; basnet S_base) | cas_fg (S_fg; basnet S_supp) [ours]
     bg_pool: str = "mean"  # background pooling over real snippets: mean | topk (the base's top-k ratio) [ours]
@@ -196,7 +198,7 @@ class WholeVideoBgConfig(PlainConfig):
             counts=("window",),
             positive=("tau", "lam"),
             non_negative=("bg_weight",),
-            flags=("bg_loss",),
+            flags=("bg_loss", "ten_residual"),
         )
         if not 0 <= self.bg_warmup <= 1:
             self.fail(source, "bg_warmup", "a fraction in [0, 1]")
@@ -380,10 +382,12 @@ class TemporalEnhancement(nn.Module):
         if self.cfg.ten != "base":
             branches.append(self._continuity(e, mask, m))
         if len(branches) == 1:
-            return branches[0]
-        if self.fuse is not None:
-            return self.fuse(torch.cat(branches, 1))
-        return branches[0] + branches[1]
+            out = branches[0]
+        elif self.fuse is not None:
+            out = self.fuse(torch.cat(branches, 1))
+        else:
+            out = branches[0] + branches[1]
+        return e + out if self.cfg.ten_residual else out
 
 
 def _build_base(cfg: WholeVideoBgConfig, in_dim: int, num_classes: int) -> WtalModel:
