@@ -82,7 +82,8 @@ attention closes: at CO2-Net's lr 5e-5 (reports/thumos14_cpu_long_run_lr5e-5) be
 budget's lr 1e-4 (reports/thumos14_cpu_long_run) best 66.8 (step 750), last 61.3 (-5.5).
 Over that schedule CO2-Net alone ends above it (lr 1e-4, reports/thumos14_cpu_long_run_ablation:
 best 73.0, last 72.6; with the TEN alone 67.2, 64.4): the 600-iteration gain is one of learning
-speed, and the TEN, as reconstructed here, caps the plateau.
+speed, and the TEN, as reconstructed here, caps the plateau; ``ten_residual`` does not lift the
+cap (66.5 best, 64.6 at step 3,500 where CO2-Net alone is at 71.3).
 On the ActivityNet preset (reports/activitynet_cpu, one seed) it scores 51.3 avg
 mAP(0.5:0.95) beside CO2-Net's 48.6.
 The plain base collapses where CO2-Net's does not: on 40 ActivityNet classes its attention
