@@ -386,7 +386,7 @@ def test_ten_sits_just_before_the_base_classifier(base):
     m = mask[:, None, :].float()
     with torch.no_grad():
         before, after = off(features, mask), on(features, mask)
-        enhance = lambda x: on.ten(x.transpose(1, 2), mask).transpose(1, 2)  # noqa: E731  [B, T, H]
+        enhance = lambda x: on.ten(x.transpose(1, 2), x.transpose(1, 2), mask).transpose(1, 2)  # noqa: E731  [B, T, H]
         if base == "plain":
             torch.testing.assert_close(after["embedding"], before["embedding"])
             torch.testing.assert_close(after["features"], enhance(before["embedding"]))
@@ -403,7 +403,7 @@ def test_ten_sits_just_before_the_base_classifier(base):
             for key, x in (("base_logits", features), ("supp_logits", features * after["attention"][..., None])):
                 y = F.leaky_relu(b.cas_conv1(x.transpose(1, 2) * m), 0.01)
                 y = F.leaky_relu(b.cas_conv2(y * m), 0.01)  # the CAS module's features before its classifier
-                expected = b.classifier(on.ten(y, mask)).transpose(1, 2)
+                expected = b.classifier(on.ten(y, y, mask)).transpose(1, 2)
                 torch.testing.assert_close(after[key], expected, atol=1e-6, rtol=1e-5)
         classifier_output = {"basnet": "base_logits"}.get(base, "cas_logits")
         assert not torch.allclose(after[classifier_output], before[classifier_output])
@@ -417,7 +417,48 @@ def test_residual_ten_adds_its_input(ten):
     features, mask, _ = make_batch()
     e = features.transpose(1, 2)  # [B, D, T]: the width the co2net base's TEN enhances
     with torch.no_grad():
-        torch.testing.assert_close(residual(e, mask), e + plain(e, mask))
+        torch.testing.assert_close(residual(e, e, mask), e + plain(e, e, mask))
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_enhance_hook_gets_the_features_before_the_base_dropout(base):
+    model = make_on_base(base, ten="off").train()
+    seen = []
+
+    def record(x, clean):
+        seen.append((x, clean))
+        return x
+
+    features, mask, _ = make_batch()
+    torch.manual_seed(0)
+    model.base(features, mask, enhance=record)
+    x, clean = seen[0]
+    if base in ("plain", "co2net"):  # dropout between their features and the hook
+        kept = x != 0
+        p = model.base.dropout.p
+        assert 0.5 * p < 1 - kept.float().mean() < 1.5 * p
+        torch.testing.assert_close(x[kept], clean[kept] / (1 - p))
+    else:  # BaS-Net's and UM's dropout comes after the hook
+        assert clean is x
+
+
+def test_clean_affinity_weighs_neighbours_by_the_features_before_dropout():
+    dropped = make_on_base("co2net", ten="continuity", window=50).ten
+    clean_cfg = make_on_base("co2net", ten="continuity", window=50, ten_affinity="clean").ten
+    clean_cfg.load_state_dict(dropped.state_dict())
+    features, mask, _ = make_batch()
+    clean = features.transpose(1, 2)  # [B, D, T]
+    noisy = torch.nn.functional.dropout(clean, 0.7)
+    with torch.no_grad():
+        torch.testing.assert_close(clean_cfg(clean, clean, mask), dropped(clean, clean, mask))
+        got = clean_cfg(noisy, clean, mask)
+        # clean affinity, aggregated from the noisy features
+        unit = torch.nn.functional.normalize(clean, dim=1)
+        logits = (unit.transpose(1, 2) @ unit / dropped.cfg.tau).masked_fill(~mask[:, None, :], float("-inf"))
+        expected = dropped.phi(noisy) @ logits.softmax(-1).transpose(1, 2)
+        real = mask[:, None, :].expand_as(got)
+        torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(got, dropped(noisy, noisy, mask), atol=1e-3)
 
 
 FORCED = {  # (base, bg_input) -> the base's output the background loss forces to background

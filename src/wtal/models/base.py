@@ -7,12 +7,16 @@ needs. Nothing outside ``wtal.models`` knows how a method works inside.
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+from typing import Callable, ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from wtal.errors import WtalError
+
+# A base model's enhance hook (whole_video_bg's TEN): (features [B, H, T], the same features before
+# the base's dropout at that point [B, H, T]) -> the features the rest of the base reads [B, H, T].
+Enhance = Callable[[Tensor, Tensor], Tensor]
 
 
 class WtalModel(nn.Module):

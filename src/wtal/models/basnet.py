@@ -60,7 +60,7 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wtal.losses import topk_mean, video_cross_entropy
-from wtal.models.base import WtalModel
+from wtal.models.base import Enhance, WtalModel
 from wtal.models.registry import ModelConfig, register_model
 
 NEGATIVE_SLOPE = 0.01  # LeakyReLU slope (PyTorch's default, as in the authors' code) [BaS-Net code]
@@ -167,7 +167,7 @@ class BaSNet(WtalModel):
         self.classifier = nn.Conv1d(h, num_classes + 1, 1, bias=False)  # background is the last channel
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def classify(self, x: Tensor, m: Tensor, enhance: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    def classify(self, x: Tensor, m: Tensor, enhance: Enhance | None = None) -> Tensor:
         """The shared CAS module: x [B, D, T], m [B, 1, T] float -> logits [B, T, C+1].
 
         Inputs of each k=3 conv are zeroed on padding, so a real snippet next to padding sees
@@ -177,11 +177,11 @@ class BaSNet(WtalModel):
         y = _act(self.cas_conv1(x * m))
         y = _act(self.cas_conv2(y * m))
         if enhance is not None:
-            y = enhance(y)
+            y = enhance(y, y)  # no dropout before this point
         return self.classifier(self.dropout(y)).transpose(1, 2)
 
     def forward(
-        self, features: Tensor, mask: Tensor, enhance: Callable[[Tensor], Tensor] | None = None
+        self, features: Tensor, mask: Tensor, enhance: Enhance | None = None
     ) -> dict[str, Tensor]:
         """features [B, T, D], mask [B, T] -> attention [B, T] (0 on padding), base_logits and
         supp_logits [B, T, C+1]; enhance: as in :meth:`classify`, in both branches."""

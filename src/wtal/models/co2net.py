@@ -60,7 +60,7 @@ padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ from torch import Tensor, nn
 
 from wtal.errors import WtalError
 from wtal.losses import co_activity_loss, masked_mean, topk_mean, video_cross_entropy
-from wtal.models.base import WtalModel
+from wtal.models.base import Enhance, WtalModel
 from wtal.models.registry import ModelConfig, register_model
 
 NEGATIVE_SLOPE = 0.2  # LeakyReLU slope [CO2-Net]
@@ -223,22 +223,24 @@ class CO2Net(WtalModel):
             kaiming_init(self)
 
     def forward(
-        self, features: Tensor, mask: Tensor, enhance: Callable[[Tensor], Tensor] | None = None
+        self, features: Tensor, mask: Tensor, enhance: Enhance | None = None
     ) -> dict[str, Tensor]:
         """features [B, T, D], mask [B, T] -> attention, attention_rgb, attention_flow [B, T];
         cas_logits S and cas_fg_logits S_supp [B, T, C+1]; fused features X [B, T, D].
 
-        enhance: maps X [B, D, T] to what the classifier, the co-activity loss and ``fused`` then
-        read (``whole_video_bg`` puts its temporal enhancement network here); None keeps X."""
+        enhance: maps X [B, D, T] (and X before its dropout) to what the classifier, the
+        co-activity loss and ``fused`` then read (``whole_video_bg`` puts its temporal enhancement
+        network here); None keeps X."""
         m = mask[:, None, :].to(features.dtype)
         x = features.transpose(1, 2) * m  # [B, D, T]
         rgb, flow = x[:, : self.width], x[:, self.width :]
         a_rgb, rgb_filtered = self.rgb_consensus(rgb, flow, mask, m)
         a_flow, flow_filtered = self.flow_consensus(flow, rgb, mask, m)
         attention = (a_rgb + a_flow) / 2
-        fused = self.dropout(_act(self.fusion(torch.cat([rgb_filtered, flow_filtered], 1))))
+        clean = _act(self.fusion(torch.cat([rgb_filtered, flow_filtered], 1)))
+        fused = self.dropout(clean)
         if enhance is not None:
-            fused = enhance(fused)
+            fused = enhance(fused, clean)
         h = self.dropout(_act(self.hidden(self.dropout(fused) * m)))
         s = self.classifier(h).transpose(1, 2)  # [B, T, C+1]
         s_min = s.amin(-1, keepdim=True)

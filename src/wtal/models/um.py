@@ -62,7 +62,6 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -72,7 +71,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wtal.losses import masked_min, topk_mean, video_cross_entropy
-from wtal.models.base import WtalModel
+from wtal.models.base import Enhance, WtalModel
 from wtal.models.registry import ModelConfig, register_model
 
 VIDEO_LOSSES = ("bce", "ce")
@@ -212,7 +211,7 @@ class UncertaintyModeling(WtalModel):
         features: Tensor,
         mask: Tensor,
         keep: Tensor | None = None,
-        enhance: Callable[[Tensor], Tensor] | None = None,
+        enhance: Enhance | None = None,
     ) -> dict[str, Tensor]:
         """features [B, T, D], mask [B, T] -> embedding [B, T, H]; magnitude ||F_t|| and
         attention (the actionness) [B, T]; cas_logits S [B, T, C]; act_weights and bkg_weights
@@ -231,7 +230,7 @@ class UncertaintyModeling(WtalModel):
         m = mask[:, None, :].to(features.dtype)
         e = F.relu(self.embed(features.transpose(1, 2) * m))  # [B, H, T]
         if enhance is not None:
-            e = enhance(e)
+            e = enhance(e, e)  # no dropout before this point
         logits = self.classifier(self.dropout(e)).transpose(1, 2)  # [B, T, C (+1 background row)]
         s = logits[..., : self.num_classes]  # [B, T, C]
         magnitude = e.norm(dim=1)  # [B, T]

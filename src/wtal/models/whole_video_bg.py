@@ -33,6 +33,13 @@ Base branch ``act(conv_k3(E))``; temporal continuity branch over affinity snippe
 ``tau``, ``Cc_t = sum_j A[t, j] phi(E_j)``; or dilated convs; or non-local affinity);
 ``both`` fuses them by a sum or a 1x1 conv over their concatenation. ``ten_residual`` adds the
 TEN's input to its output, so that the base's features pass through unchanged at the start.
+``ten_affinity`` chooses what the continuity affinity is computed from where the base drops
+features out just before the hook (plain, co2net): ``dropped``, the features the TEN enhances,
+or ``clean``, the same features before that dropout (BaS-Net and UM have none there, so both
+read the same). Under CO2-Net's dropout of 0.7 the dropped features make the branch an identity
+in training: neighbours' cosine similarity falls from 0.85 to 0.25, and the softmax puts 0.997
+of each row's weight on the snippet itself, against 0.60 at test (runs/long5000_b3, last
+checkpoint, 12 test videos). At test the two read the same features.
 
 The background loss (``model.bg_loss``) forces the whole video (scores pooled over every real
 snippet) to the base's background channel, the last, with background gradient reinforcement
@@ -103,7 +110,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +118,7 @@ from torch import Tensor, nn
 
 from wtal.errors import WtalError
 from wtal.losses import grad_norm_to, masked_mean, masked_min, scale_grad, topk_mean, video_cross_entropy
-from wtal.models.base import WtalModel
+from wtal.models.base import Enhance, WtalModel
 from wtal.models.registry import ModelConfig, build_model, model_config_class, register_model
 from wtal.models.um import UncertaintyModeling
 
@@ -123,6 +130,7 @@ _CHOICES = {
     "ten": ("both", "base", "continuity", "off"),
     "continuity": ("local_affinity", "dilated", "nonlocal"),
     "fusion": ("sum", "concat"),
+    "ten_affinity": ("dropped", "clean"),
     "bg_pool": ("mean", "topk"),
     "reading": ("A", "B", "C", "D"),
     "bg_balance": ("none", "gradnorm"),
@@ -172,6 +180,7 @@ class WholeVideoBgConfig(PlainConfig):
     tau: float = 0.1  # temperature of the affinity softmax (local_affinity, nonlocal) [ours]
     fusion: str = "sum"  # ten=both: sum of the branches | concat (1x1 conv over both) [ours]
     ten_residual: bool = False  # the TEN's output is added to its input (F = E + TEN(E)) instead of replacing it [ours]
+    ten_affinity: str = "dropped"  # affinity read from: dropped (the base's dropout applied) | clean (before it) [ours]
     bg_loss: bool = True  # whole-video background loss on (false: ablation B0) [ours]
     bg_input: str = "cas"  # scores forced to background: cas (S; basnet S_base) | cas_fg (S_fg; basnet S_supp) [ours]
     bg_pool: str = "mean"  # background pooling over real snippets: mean | topk (the base's top-k ratio) [ours]
@@ -298,14 +307,15 @@ class PlainBase(WtalModel):
         self.attention_dropout = nn.Dropout(cfg.attention_dropout)
 
     def forward(
-        self, features: Tensor, mask: Tensor, enhance: Callable[[Tensor], Tensor] | None = None
+        self, features: Tensor, mask: Tensor, enhance: Enhance | None = None
     ) -> dict[str, Tensor]:
         """features [B, T, D], mask [B, T] -> attention [B, T], cas_logits S and cas_fg_logits
         S_fg [B, T, C+1], embedding E and features F (what the heads read) [B, T, H].
-        enhance: maps E [B, H, T] to F (the TEN); None: F = E."""
+        enhance: maps E [B, H, T] (and E before its dropout) to F (the TEN); None: F = E."""
         m = mask[:, None, :].to(features.dtype)  # [B, 1, T]
-        e = self.dropout(_act(_conv(self.embed, features.transpose(1, 2), m)))  # [B, H, T]
-        f = e if enhance is None else enhance(e)
+        clean = _act(_conv(self.embed, features.transpose(1, 2), m))  # [B, H, T]
+        e = self.dropout(clean)
+        f = e if enhance is None else enhance(e, clean)
         hidden = self.attention_dropout(_act(_conv(self.attention_hidden, f, m)))
         attention = torch.sigmoid(self.attention_out(hidden)).squeeze(1)  # [B, T]
         s = self.classifier(self.dropout(f)).transpose(1, 2)  # [B, T, C+1]
@@ -361,13 +371,14 @@ class TemporalEnhancement(nn.Module):
             self.phi = nn.Conv1d(h, h, 1)
         self.fuse = nn.Conv1d(2 * h, h, 1) if cfg.ten == "both" and cfg.fusion == "concat" else None
 
-    def _continuity(self, e: Tensor, mask: Tensor, m: Tensor) -> Tensor:
-        """Temporal continuity branch: e [B, H, T] -> [B, H, T]."""
+    def _continuity(self, e: Tensor, clean: Tensor, mask: Tensor, m: Tensor) -> Tensor:
+        """Temporal continuity branch: e, clean [B, H, T] -> [B, H, T]; the affinity reads
+        ``clean`` when ``ten_affinity="clean"``, ``e`` otherwise."""
         if self.dilated is not None:
             for conv in self.dilated:
                 e = _act(_conv(conv, e, m))
             return e
-        unit = F.normalize(e * m, dim=1)  # [B, H, T]
+        unit = F.normalize((clean if self.cfg.ten_affinity == "clean" else e) * m, dim=1)  # [B, H, T]
         logits = torch.bmm(unit.transpose(1, 2), unit) / self.cfg.tau  # [B, T(t), T(j)] cosine affinity
         t = torch.arange(e.shape[2], device=e.device)
         allowed = mask[:, None, :]  # only real neighbours j
@@ -377,14 +388,15 @@ class TemporalEnhancement(nn.Module):
         affinity = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
         return torch.bmm(self.phi(e), affinity.transpose(1, 2))  # Cc_t = sum_j A[t, j] phi(E_j)
 
-    def forward(self, e: Tensor, mask: Tensor) -> Tensor:
-        """e [B, H, T] (the base's features), mask [B, T] -> enhanced features [B, H, T]."""
+    def forward(self, e: Tensor, clean: Tensor, mask: Tensor) -> Tensor:
+        """e [B, H, T] (the base's features), clean [B, H, T] (the same before the base's dropout;
+        ``e`` itself where the base has none there), mask [B, T] -> enhanced features [B, H, T]."""
         m = mask[:, None, :].to(e.dtype)  # [B, 1, T]
         branches = []
         if self.base_branch is not None:
             branches.append(_act(_conv(self.base_branch, e, m)))
         if self.cfg.ten != "base":
-            branches.append(self._continuity(e, mask, m))
+            branches.append(self._continuity(e, clean, mask, m))
         if len(branches) == 1:
             out = branches[0]
         elif self.fuse is not None:
