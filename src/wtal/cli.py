@@ -35,6 +35,17 @@ DEMO_OVERRIDES = [
 ]
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}")
+    return value
+
+
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.iterations=2000")
 
@@ -238,8 +249,9 @@ def _cmd_curves(args) -> int:
         best = int(values.argmax())
         row = " ".join(f"{s}:{v:.2f}{'*' if i == best else ''}" for i, (s, v) in enumerate(zip(steps, values)))
         print(f"{name}: {row}")
+        tail = values[-args.tail :]
         print(f"  best {values[best]:.2f} at step {steps[best]}; last {values[-1]:.2f} at step {steps[-1]} "
-              f"({values[-1] - values[best]:+.2f} from the best)")
+              f"({values[-1] - values[best]:+.2f} from the best); mean of the last {len(tail)}: {tail.mean():.2f}")
     print(f"wrote {plot_curves(args.out, curves, args.metric)}")
     return 0
 
@@ -329,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl)")
     p.add_argument("--metric", default="avg", help="a key of the test lines of metrics.jsonl (default avg)")
     p.add_argument("--out", default="curves.png", help="PNG to write")
+    p.add_argument("--tail", type=_positive_int, default=5, help="evaluations the closing mean covers (default 5)")
     p.set_defaults(func=_cmd_curves)
 
     p = sub.add_parser("demo", help="synthetic THUMOS14 -> train the paper's model -> mAP table and timeline")
