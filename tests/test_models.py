@@ -461,6 +461,26 @@ def test_clean_affinity_weighs_neighbours_by_the_features_before_dropout():
         assert not torch.allclose(got, dropped(noisy, noisy, mask), atol=1e-3)
 
 
+def test_coactivity_loss_can_read_the_features_before_the_ten():
+    enhanced = make_on_base("co2net", ten="both", bg_loss=False).eval()
+    unenhanced = make_on_base("co2net", ten="both", bg_loss=False, coactivity_input="unenhanced").eval()
+    unenhanced.load_state_dict(enhanced.state_dict())
+    features, mask, _ = make_batch()
+    with torch.no_grad():
+        out = enhanced(features, mask)
+        before_ten = make_on_base("co2net", ten="off").eval()
+        before_ten.base.load_state_dict(enhanced.base.state_dict())
+        x = before_ten(features, mask)["fused"]
+        torch.testing.assert_close(out["unenhanced"], x)
+        got = unenhanced.loss(out, PAIR_LABELS, mask)
+        expected = enhanced.base.loss({**out, "fused": x}, PAIR_LABELS, mask)
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key], value)
+        assert not torch.allclose(enhanced.loss(out, PAIR_LABELS, mask)["coactivity"], got["coactivity"])
+    with pytest.raises(WtalError, match="model.coactivity_input: expected enhanced unless model.base=co2net"):
+        WholeVideoBgConfig(base="basnet", coactivity_input="unenhanced").validate()
+
+
 FORCED = {  # (base, bg_input) -> the base's output the background loss forces to background
     ("plain", "cas"): "cas_logits",
     ("plain", "cas_fg"): "cas_fg_logits",

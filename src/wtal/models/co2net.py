@@ -230,7 +230,7 @@ class CO2Net(WtalModel):
 
         enhance: maps X [B, D, T] (and X before its dropout) to what the classifier, the
         co-activity loss and ``fused`` then read (``whole_video_bg`` puts its temporal enhancement
-        network here); None keeps X."""
+        network here; X itself is then returned as ``unenhanced`` too); None keeps X."""
         m = mask[:, None, :].to(features.dtype)
         x = features.transpose(1, 2) * m  # [B, D, T]
         rgb, flow = x[:, : self.width], x[:, self.width :]
@@ -238,7 +238,7 @@ class CO2Net(WtalModel):
         a_flow, flow_filtered = self.flow_consensus(flow, rgb, mask, m)
         attention = (a_rgb + a_flow) / 2
         clean = _act(self.fusion(torch.cat([rgb_filtered, flow_filtered], 1)))
-        fused = self.dropout(clean)
+        fused = unenhanced = self.dropout(clean)
         if enhance is not None:
             fused = enhance(fused, clean)
         h = self.dropout(_act(self.hidden(self.dropout(fused) * m)))
@@ -252,6 +252,7 @@ class CO2Net(WtalModel):
             "cas_logits": s,
             "cas_fg_logits": s_fg,
             "fused": fused.transpose(1, 2),
+            **({} if enhance is None else {"unenhanced": unenhanced.transpose(1, 2)}),
         }
 
     def loss(self, outputs: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:

@@ -40,6 +40,9 @@ read the same). Under CO2-Net's dropout of 0.7 the dropped features make the bra
 in training: neighbours' cosine similarity falls from 0.85 to 0.25, and the softmax puts 0.997
 of each row's weight on the snippet itself, against 0.60 at test (runs/long5000_b3, last
 checkpoint, 12 test videos). At test the two read the same features.
+``coactivity_input`` (co2net) chooses what CO2-Net's co-activity loss reads: the TEN's output
+(``enhanced``), or X before it (``unenhanced``), so that the co-activity loss shapes CO2-Net's
+features and not the TEN's.
 
 The background loss (``model.bg_loss``) forces the whole video (scores pooled over every real
 snippet) to the base's background channel, the last, with background gradient reinforcement
@@ -131,6 +134,7 @@ _CHOICES = {
     "continuity": ("local_affinity", "dilated", "nonlocal"),
     "fusion": ("sum", "concat"),
     "ten_affinity": ("dropped", "clean"),
+    "coactivity_input": ("enhanced", "unenhanced"),
     "bg_pool": ("mean", "topk"),
     "reading": ("A", "B", "C", "D"),
     "bg_balance": ("none", "gradnorm"),
@@ -181,6 +185,7 @@ class WholeVideoBgConfig(PlainConfig):
     fusion: str = "sum"  # ten=both: sum of the branches | concat (1x1 conv over both) [ours]
     ten_residual: bool = False  # the TEN's output is added to its input (F = E + TEN(E)) instead of replacing it [ours]
     ten_affinity: str = "dropped"  # affinity read from: dropped (the base's dropout applied) | clean (before it) [ours]
+    coactivity_input: str = "enhanced"  # co2net: its co-activity loss reads the TEN's output (enhanced) | X (unenhanced) [ours]
     bg_loss: bool = True  # whole-video background loss on (false: ablation B0) [ours]
     bg_input: str = "cas"  # scores forced to background: cas (S; basnet S_base) | cas_fg (S_fg; basnet S_supp) [ours]
     bg_pool: str = "mean"  # background pooling over real snippets: mean | topk (the base's top-k ratio) [ours]
@@ -215,6 +220,8 @@ class WholeVideoBgConfig(PlainConfig):
         )
         if not 0 <= self.bg_warmup <= 1:
             self.fail(source, "bg_warmup", "a fraction in [0, 1]")
+        if self.base != "co2net" and self.coactivity_input != "enhanced":
+            self.fail(source, "coactivity_input", "enhanced unless model.base=co2net (only CO2-Net has a co-activity loss)")
         if self.base == "um" and self.bg_input == "cas_fg":
             self.fail(source, "bg_input", "cas with model.base=um (UM has no attention-suppressed scores)")
         base_cfg = self.base_model_config(source)
@@ -440,6 +447,8 @@ class WholeVideoBackground(WtalModel):
         """labels [B, C] multi-hot -> the base's loss terms, "bg" (0 when off) and "total"
         = the base's total + ramp * bg_weight * bg."""
         cfg = self.cfg
+        if cfg.coactivity_input == "unenhanced" and "unenhanced" in outputs:
+            outputs = {**outputs, "fused": outputs["unenhanced"]}
         losses = self.base.loss(outputs, labels, mask)
         if not cfg.bg_loss:
             return {**losses, "bg": losses["total"].new_zeros(())}
