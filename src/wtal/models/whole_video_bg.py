@@ -93,7 +93,11 @@ budget's lr 1e-4 (reports/thumos14_cpu_long_run) best 66.8 (step 750), last 61.3
 Over that schedule CO2-Net alone ends above it (lr 1e-4, reports/thumos14_cpu_long_run_ablation:
 best 73.0, last 72.6; with the TEN alone 67.2, 64.4): the 600-iteration gain is one of learning
 speed, and the TEN, as reconstructed here, caps the plateau; ``ten_residual`` does not lift the
-cap (66.5 best, 64.6 at step 3,500 where CO2-Net alone is at 71.3).
+cap (66.5 best, 64.6 at step 3,500 where CO2-Net alone is at 71.3). What capped it: reading the
+TEN's output, CO2-Net's co-activity loss fell to about 0 (the TEN meets its margin), so it
+stopped shaping CO2-Net's features. With ``coactivity_input="unenhanced"`` and
+``ten_affinity="clean"`` the full model reaches CO2-Net's plateau (best 72.8, last 70.7; CO2-Net
+73.0, 72.6); the clean affinity alone changes little (B3 best 67.6).
 On the ActivityNet preset (reports/activitynet_cpu, one seed) it scores 51.3 avg
 mAP(0.5:0.95) beside CO2-Net's 48.6.
 The plain base collapses where CO2-Net's does not: on 40 ActivityNet classes its attention
