@@ -444,14 +444,14 @@ def test_enhance_hook_gets_the_features_before_the_base_dropout(base):
 
 def test_clean_affinity_weighs_neighbours_by_the_features_before_dropout():
     dropped = make_on_base("co2net", ten="continuity", window=50).ten
-    clean_cfg = make_on_base("co2net", ten="continuity", window=50, ten_affinity="clean").ten
-    clean_cfg.load_state_dict(dropped.state_dict())
+    clean_ten = make_on_base("co2net", ten="continuity", window=50, ten_affinity="clean").ten
+    clean_ten.load_state_dict(dropped.state_dict())
     features, mask, _ = make_batch()
     clean = features.transpose(1, 2)  # [B, D, T]
     noisy = torch.nn.functional.dropout(clean, 0.7)
     with torch.no_grad():
-        torch.testing.assert_close(clean_cfg(clean, clean, mask), dropped(clean, clean, mask))
-        got = clean_cfg(noisy, clean, mask)
+        torch.testing.assert_close(clean_ten(clean, clean, mask), dropped(clean, clean, mask))
+        got = clean_ten(noisy, clean, mask)
         # clean affinity, aggregated from the noisy features
         unit = torch.nn.functional.normalize(clean, dim=1)
         logits = (unit.transpose(1, 2) @ unit / dropped.cfg.tau).masked_fill(~mask[:, None, :], float("-inf"))
