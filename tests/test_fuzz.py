@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -416,6 +416,8 @@ def _valid_wtalc(folder: Path):
 
 @settings(max_examples=100, deadline=None)
 @given(replaced=st.dictionaries(st.sampled_from(ANNOTATION_FILES), odd_arrays, min_size=1, max_size=2))
+@example(replaced={"duration": _objects([None, 10**400])})  # ints beyond float64 raised OverflowError
+@example(replaced={"segments": _objects([10**400, None])})
 def test_wtalc_annotations_on_malformed_arrays(replaced):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "Toy-Annotations"

@@ -69,7 +69,7 @@ def read_wtalc_annotations(folder: str | Path) -> Annotations:
     classes = tuple(_text(c) for c in arrays["classlist"])
     try:
         durations = np.asarray(arrays["duration"], dtype=np.float64).reshape(count, -1)[:, 0]
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         raise WtalError(f"{folder / 'duration.npy'}: expected one number (seconds) per video") from None
     videos: dict[str, Video] = {}
     for i in range(count):
@@ -82,7 +82,7 @@ def read_wtalc_annotations(folder: str | Path) -> Annotations:
             ) from None
         try:
             segments = np.asarray(arrays["segments"][i], dtype=np.float64).reshape(-1, 2)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise WtalError(
                 f"{folder / 'segments.npy'}: video {name!r}: expected a list of [start, end] seconds, "
                 f"found {arrays['segments'][i]!r}"
