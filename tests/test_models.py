@@ -443,7 +443,7 @@ def test_enhance_hook_gets_the_features_before_the_base_dropout(base):
 
 
 def test_clean_affinity_weighs_neighbours_by_the_features_before_dropout():
-    dropped = make_on_base("co2net", ten="continuity", window=50).ten
+    dropped = make_on_base("co2net", ten="continuity", window=50, ten_affinity="dropped").ten
     clean_ten = make_on_base("co2net", ten="continuity", window=50, ten_affinity="clean").ten
     clean_ten.load_state_dict(dropped.state_dict())
     features, mask, _ = make_batch()
@@ -462,7 +462,7 @@ def test_clean_affinity_weighs_neighbours_by_the_features_before_dropout():
 
 
 def test_coactivity_loss_can_read_the_features_before_the_ten():
-    enhanced = make_on_base("co2net", ten="both", bg_loss=False).eval()
+    enhanced = make_on_base("co2net", ten="both", bg_loss=False, coactivity_input="enhanced").eval()
     unenhanced = make_on_base("co2net", ten="both", bg_loss=False, coactivity_input="unenhanced").eval()
     unenhanced.load_state_dict(enhanced.state_dict())
     features, mask, _ = make_batch()
@@ -477,8 +477,8 @@ def test_coactivity_loss_can_read_the_features_before_the_ten():
         for key, value in expected.items():
             torch.testing.assert_close(got[key], value)
         assert not torch.allclose(enhanced.loss(out, PAIR_LABELS, mask)["coactivity"], got["coactivity"])
-    with pytest.raises(WtalError, match="model.coactivity_input: expected enhanced unless model.base=co2net"):
-        WholeVideoBgConfig(base="basnet", coactivity_input="unenhanced").validate()
+    with pytest.raises(WtalError, match="model.coactivity_input: expected one of"):
+        WholeVideoBgConfig(coactivity_input="before").validate()
 
 
 FORCED = {  # (base, bg_input) -> the base's output the background loss forces to background
@@ -500,7 +500,9 @@ def test_background_loss_forces_the_base_background_channel(base, bg_input, bg_p
     with torch.no_grad():
         out = model(features, mask)
         losses = model.loss(out, PAIR_LABELS, mask)
-        base_terms = model.base.loss(out, PAIR_LABELS, mask)
+        # CO2-Net's co-activity loss reads X before the TEN (coactivity_input="unenhanced")
+        read = {**out, "fused": out["unenhanced"]} if base == "co2net" else out
+        base_terms = model.base.loss(read, PAIR_LABELS, mask)
     if FORCED[base, bg_input] is None:
         forced = torch.cat([out["cas_logits"], out["background_logits"][..., None]], -1)
     else:

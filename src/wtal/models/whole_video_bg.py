@@ -34,15 +34,15 @@ Base branch ``act(conv_k3(E))``; temporal continuity branch over affinity snippe
 ``both`` fuses them by a sum or a 1x1 conv over their concatenation. ``ten_residual`` adds the
 TEN's input to its output, so that the base's features pass through unchanged at the start.
 ``ten_affinity`` chooses what the continuity affinity is computed from where the base drops
-features out just before the hook (plain, co2net): ``dropped``, the features the TEN enhances,
-or ``clean``, the same features before that dropout (BaS-Net and UM have none there, so both
-read the same). Under CO2-Net's dropout of 0.7 the dropped features make the branch an identity
+features out just before the hook (plain, co2net): ``clean`` (default), the features before
+that dropout, or ``dropped``, the features the TEN enhances (BaS-Net and UM have none there, so
+both read the same). Under CO2-Net's dropout of 0.7 the dropped features make the branch an identity
 in training: neighbours' cosine similarity falls from 0.85 to 0.25, and the softmax puts 0.997
 of each row's weight on the snippet itself, against 0.60 at test (runs/long5000_b3, last
 checkpoint, 12 test videos). At test the two read the same features.
-``coactivity_input`` (co2net) chooses what CO2-Net's co-activity loss reads: the TEN's output
-(``enhanced``), or X before it (``unenhanced``), so that the co-activity loss shapes CO2-Net's
-features and not the TEN's.
+``coactivity_input`` (co2net) chooses what CO2-Net's co-activity loss reads: X before the TEN
+(``unenhanced``, default), so that the loss shapes CO2-Net's features and not the TEN's, or the
+TEN's output (``enhanced``). The other bases have no co-activity loss and ignore it.
 
 The background loss (``model.bg_loss``) forces the whole video (scores pooled over every real
 snippet) to the base's background channel, the last, with background gradient reinforcement
@@ -78,11 +78,13 @@ the background loss helps with the full TEN (+4.6 ± 1.9 avg mAP), lambda > 1 do
 not (lambda 5 and 10 collapse), reading C is ahead of A by +3.7 ± 2.4 (within 2
 standard errors, so A stays the default).
 On the CO2-Net base, the default (calibrated preset, CPU budget, 600 iterations, 3 seeds;
-reports/thumos14_cpu_paper_co2net) the parts at these defaults hold: CO2-Net 58.4 ± 0.9
-avg mAP(0.1:0.7), with the TEN and the background loss 67.3 ± 1.6, best and last alike; the
-gain is the TEN's (TEN alone 66.9 ± 2.0; the background loss alone -0.1). One seed each of
-reading D with lambda 5 (66.2), ``bg_balance=gradnorm`` (66.0) and bg_weight 0.1 (67.8) stays
-within the defaults' seed spread (seed 0 of the defaults: 65.7), so the defaults stay.
+reports/thumos14_cpu_paper_co2net_v2) the parts at these defaults hold: CO2-Net 59.1 ± 1.4
+avg mAP(0.1:0.7) best, 57.3 ± 1.3 last; with the TEN and the background loss 66.6 ± 1.0 and
+66.1 ± 1.6; the TEN alone 65.4 ± 2.7. Before ``ten_affinity`` and ``coactivity_input`` took
+their present defaults (reports/thumos14_cpu_paper_co2net): CO2-Net 58.4 ± 0.9, full model
+67.3 ± 1.6, the background loss alone -0.1; one seed each of reading D with lambda 5 (66.2),
+``bg_balance=gradnorm`` (66.0) and bg_weight 0.1 (67.8) stayed within the seed spread (seed 0:
+65.7), so those defaults stay.
 On UM's base at UM's budget the parts hurt (one seed: 38.0 best, 17.4 last vs UM's 48.5, 38.5);
 on BaS-Net's they help (one seed: 65.9 best, 62.3 last vs BaS-Net's 59.4, 58.6;
 reports/thumos14_cpu_paper_bases).
@@ -96,9 +98,12 @@ speed, and the TEN, as reconstructed here, caps the plateau; ``ten_residual`` do
 cap (66.5 best, 64.6 at step 3,500 where CO2-Net alone is at 71.3). What capped it: reading the
 TEN's output, CO2-Net's co-activity loss fell to about 0 (the TEN meets its margin), so it
 stopped shaping CO2-Net's features. With ``coactivity_input="unenhanced"`` and
-``ten_affinity="clean"`` the full model reaches CO2-Net's plateau (best 72.8, last 70.7; CO2-Net
-73.0, 72.6); the clean affinity alone changes little (B3 best 67.6).
-On the ActivityNet preset (reports/activitynet_cpu, one seed) it scores 51.3 avg
+``ten_affinity="clean"`` (the defaults since) the full model reaches CO2-Net's plateau, 3 seeds:
+best 74.2 ± 1.2, last 73.1 ± 2.1, each run within 2.1 of its best, against CO2-Net's 73.3 ± 0.6
+and 73.2 ± 0.7; the clean affinity alone changes little (B3 best 67.6). At full width (2048-d,
+lr 5e-5, one seed, reports/thumos14_full_schedule_gpu) it peaks above CO2-Net (81.0 against
+80.3) and drifts to 72.0 by step 4,500 where CO2-Net holds at 78-80.
+On the ActivityNet preset (reports/activitynet_cpu, one seed) it scores 51.6 avg
 mAP(0.5:0.95) beside CO2-Net's 48.6.
 The plain base collapses where CO2-Net's does not: on 40 ActivityNet classes its attention
 falls to about 0.006 with the background loss and stays at about 0.47 without it
@@ -188,8 +193,8 @@ class WholeVideoBgConfig(PlainConfig):
     tau: float = 0.1  # temperature of the affinity softmax (local_affinity, nonlocal) [ours]
     fusion: str = "sum"  # ten=both: sum of the branches | concat (1x1 conv over both) [ours]
     ten_residual: bool = False  # the TEN's output is added to its input (F = E + TEN(E)) instead of replacing it [ours]
-    ten_affinity: str = "dropped"  # affinity read from: dropped (the base's dropout applied) | clean (before it) [ours]
-    coactivity_input: str = "enhanced"  # co2net: its co-activity loss reads the TEN's output (enhanced) | X (unenhanced) [ours]
+    ten_affinity: str = "clean"  # affinity read from: clean (before the base's dropout) | dropped (after it) [ours]
+    coactivity_input: str = "unenhanced"  # co2net's co-activity loss reads: X (unenhanced) | the TEN's output [ours]
     bg_loss: bool = True  # whole-video background loss on (false: ablation B0) [ours]
     bg_input: str = "cas"  # scores forced to background: cas (S; basnet S_base) | cas_fg (S_fg; basnet S_supp) [ours]
     bg_pool: str = "mean"  # background pooling over real snippets: mean | topk (the base's top-k ratio) [ours]
@@ -224,8 +229,6 @@ class WholeVideoBgConfig(PlainConfig):
         )
         if not 0 <= self.bg_warmup <= 1:
             self.fail(source, "bg_warmup", "a fraction in [0, 1]")
-        if self.base != "co2net" and self.coactivity_input != "enhanced":
-            self.fail(source, "coactivity_input", "enhanced unless model.base=co2net (only CO2-Net has a co-activity loss)")
         if self.base == "um" and self.bg_input == "cas_fg":
             self.fail(source, "bg_input", "cas with model.base=um (UM has no attention-suppressed scores)")
         base_cfg = self.base_model_config(source)
