@@ -77,6 +77,24 @@ def test_train_localize_eval_round_trip(tiny_overrides, tiny_dataset, tmp_path, 
     assert main(["eval", "--run", str(run)]) == 0
 
 
+def test_localize_scores_another_feature_set_with_data_root(tiny_overrides, tiny_dataset, tmp_path):
+    """data.* overrides reach the dataset the trained model scores, not only the config."""
+    import shutil
+
+    assert main(["train", "--quiet", *tiny_overrides, "train.iterations=4"]) == 0
+    run = tmp_path / "runs" / "run"
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dataset, other)
+    for path in (other / "features").glob("*.npy"):
+        np.save(path, np.load(path)[::-1].copy())  # every video reversed in time
+    outputs = {}
+    for name, extra in (("own", []), ("other", [f"data.root={other}"])):
+        out = tmp_path / f"{name}.json"
+        assert main(["localize", "--run", str(run), "--out", str(out), *extra]) == 0
+        outputs[name] = json.loads(out.read_text())["results"]
+    assert outputs["own"] != outputs["other"]
+
+
 def test_train_reports_nan_features(tiny_overrides, tiny_dataset, tmp_path, capsys):
     import shutil
 

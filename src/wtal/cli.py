@@ -106,12 +106,10 @@ def _print_result(metrics: dict, thresholds) -> None:
 
 
 def _cmd_localize(args) -> int:
-    from wtal.config import apply_overrides, config_from_dict, config_to_dict
     from wtal.engine.inference import detect, predict, resolve_device
     from wtal.engine.trainer import load_run
 
-    cfg, dataset, model = load_run(args.run, args.checkpoint, args.device)
-    cfg = config_from_dict(apply_overrides(config_to_dict(cfg), args.overrides), f"{args.run}/config.yaml")
+    cfg, dataset, model = load_run(args.run, args.checkpoint, args.device, args.overrides)
     subset = args.subset or cfg.data.test_subset
     out = Path(args.out) if args.out else Path(args.run) / f"detections-{subset}.json"
     if out.exists() and not args.overwrite:

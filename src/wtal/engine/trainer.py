@@ -42,12 +42,13 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from wtal.config import Config, config_from_dict, dump_config
+from wtal.config import Config, apply_overrides, config_from_dict, dump_config
 from wtal.data.readers import FeatureDataset, load_dataset
 from wtal.data.sampling import TrainBatches, hold_out
 from wtal.detections import Detections
@@ -190,15 +191,19 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise WtalError(f"{path}: not a readable wtal checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "selected", device: str = "cpu"):
-    """(config, dataset, model) of a finished run; ``checkpoint`` is best, last or selected."""
+def load_run(run_dir: str | Path, checkpoint: str = "selected", device: str = "cpu", overrides: Sequence[str] = ()):
+    """(config, dataset, model) of a finished run; ``checkpoint`` is best, last or selected.
+
+    ``overrides`` (``key=value``) apply to the run's config before the dataset is read, so that
+    ``data.root=...`` scores another feature set with the trained model (``model.*`` keys must
+    still describe the checkpoint's network)."""
     import yaml
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise WtalError(f"{run_dir}: not a run directory (no config.yaml)")
-    cfg = config_from_dict(yaml.safe_load(config_path.read_text()), str(config_path))
+    cfg = config_from_dict(apply_overrides(yaml.safe_load(config_path.read_text()), overrides), str(config_path))
     if checkpoint == "selected":
         checkpoint = "best" if cfg.train.select != "last" and (run_dir / "best.pt").is_file() else "last"
     state = load_checkpoint(run_dir / f"{checkpoint}.pt")

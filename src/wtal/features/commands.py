@@ -64,7 +64,6 @@ def detect_video(
     """
     import numpy as np
 
-    from wtal.config import apply_overrides, config_from_dict, config_to_dict
     from wtal.data.annotations import Annotations, Video
     from wtal.data.readers import FeatureDataset
     from wtal.engine.inference import detect, predict, resolve_device
@@ -87,9 +86,7 @@ def detect_video(
             f"{config_path}: data.modality: expected 'rgb' (wtal detect extracts I3D RGB features only), "
             f"found {modality!r}; train the run with data.modality=rgb (the paper's model: also model.base=plain)"
         )
-    cfg, dataset, model = load_run(run, checkpoint, device)
-    if overrides:
-        cfg = config_from_dict(apply_overrides(config_to_dict(cfg), overrides), str(config_path))
+    cfg, dataset, model = load_run(run, checkpoint, device, overrides or ())
     if dataset.feature_dim != 1024:
         raise WtalError(f"{config_path}: the run's model takes {dataset.feature_dim}-d features, I3D RGB gives 1024")
     snippet_seconds = SNIPPET_FRAMES / FPS
