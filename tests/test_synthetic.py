@@ -304,3 +304,50 @@ def test_boundary_jitter_moves_the_generated_action_not_the_annotation():
     assert np.abs(moved[0.3]).max() > 2 * 0.64  # some boundary moved by more than two snippets
     with pytest.raises(WtalError, match="boundary_jitter"):
         configure("tiny", {"boundary_jitter": 0.5})
+
+
+def _one_instance_video(length_snippets=60, start=20, stop=44):
+    return Video("v", "validation", length_snippets * 0.64, np.array([[start * 0.64, stop * 0.64]]), ("a",))
+
+
+def test_key_filler_keeps_the_action_energy_even_but_not_its_class():
+    """Outside the key window a per-instance row takes over the energy the class's row gives up."""
+    isolated = {
+        "scene_strength": 0.0, "context_strength": 0.0, "action_like_background": 0.0, "noise_strength": 0.0,
+        "white_noise": 0.0, "offset": 0.0, "boundary_snippets": 0.0, "edge_share": 0.0, "action_fluctuation": 0.0,
+        "instance_jitter": 0.0, "video_variation": 0.0, "key_fraction": [0.2, 0.3], "key_floor": 0.0,
+    }
+    video = _one_instance_video()
+    plain = _Prototypes(configure("tiny", isolated), ("a",), seed=0)
+    filled = _Prototypes(configure("tiny", {**isolated, "key_filler": 1.0}), ("a",), seed=0)
+    without, within = plain.video(video), filled.video(video)
+    inside = np.zeros(len(without), bool)
+    inside[20:44] = True  # snippet centres inside the instance
+    own = np.linalg.norm(without, axis=1)
+    key = inside & (own > 0.999 * own.max())  # the window at full strength (its edges ramp)
+    assert 0 < key.sum() < inside.sum()
+    np.testing.assert_array_equal(within[~inside], without[~inside])  # nothing outside the instance
+    np.testing.assert_allclose(within[key], without[key], atol=1e-6)  # the key window is the class's own
+    gap = inside & ~key & (own < 1e-6)
+    assert gap.any() and (np.linalg.norm(within[gap], axis=1) > 0.5 * own.max()).all()  # energy filled in
+    unit = within[gap] / np.linalg.norm(within[gap], axis=1, keepdims=True)
+    row = plain.action[0] * plain.action_weight
+    assert (unit @ row).max() < 0.5 * np.linalg.norm(row)  # not the class's row
+    with pytest.raises(WtalError, match="key_filler"):
+        configure("tiny", {"key_filler": 1.5})
+
+
+def test_background_motion_moves_the_actionness_row_outside_instances_only():
+    quiet = {"noise_strength": 0.0, "white_noise": 0.0, "boundary_snippets": 0.0, "actionness_strength": 1.0}
+    video = _one_instance_video(200, 80, 110)
+    base = _Prototypes(configure("tiny", quiet), ("a",), seed=0)
+    moving = _Prototypes(configure("tiny", {**quiet, "background_motion": 1.0}), ("a",), seed=0)
+    diff = moving.video(video) - base.video(video)
+    assert not diff[81:110].any()  # the instance is as without it
+    changed = np.flatnonzero(np.abs(diff).sum(axis=1) > 0)
+    assert len(changed) > 40 and np.all((changed < 81) | (changed >= 110))
+    direction = diff[changed].sum(axis=0)
+    cosine = direction @ base.actionness / (np.linalg.norm(direction) * np.linalg.norm(base.actionness))
+    assert cosine > 0.9
+    with pytest.raises(WtalError, match="background_motion"):
+        configure("tiny", {"background_motion": -0.1})

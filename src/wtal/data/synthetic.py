@@ -36,10 +36,17 @@ post-ReLU I3D averages. Prototypes are sparse non-negative rows with unit RMS.
   ``key_fraction``, its place uniformly inside the instance) and at
   ``key_floor`` of it elsewhere: the release of a throw, the contact of a swing.
   A classifier trained on video labels fires on the window alone;
+* key-moment filler: with ``key_filler`` > 0, outside its key window each instance carries
+  that share of the action energy the class's row gives up there on a row of its own (drawn
+  per instance, so it says nothing about the class: the athlete, the viewpoint, the run-up),
+  so the action's energy stays even over the instance while its class evidence does not;
 * actionness: inside every instance of every class, a row shared by all classes
   (a person moving) at ``actionness_strength``. It tells action from
   background but not one class from another, so it helps a class-agnostic
   foreground model cover whole instances and gives a class's own score nothing;
+* background motion: with ``background_motion`` > 0, outside instances a slow positive
+  process along the actionness row (people walking, camera moves, replays of other moments),
+  so that moving is not the same as acting;
 * action-like background: outside instances, a slow positive process along the
   class's own action row (people warming up, replays), scaled like the context
   by the proximity to instances. It keeps a linear snippet classifier from
@@ -159,6 +166,8 @@ class SynthConfig:
     key_fraction: tuple[float, float] = (1.0, 1.0)  # [min, max] share of an instance that is its key moment
     key_floor: float = 1.0  # strength of the class's own action row outside the key moment (share of its peak)
     actionness_strength: float = 0.0  # amplitude of the action row shared by all classes inside instances
+    key_filler: float = 0.0  # share of the energy the class row gives up outside its key window, on a per-instance row
+    background_motion: float = 0.0  # amplitude of the slow actionness process outside instances
     boundary_snippets: float = 2.0  # width of the linear ramp centred on each boundary, in snippets
     boundary_jitter: float = 0.0  # each generated boundary moves by up to this share of the instance from the annotated one
     instance_jitter: float = 0.3  # instance amplitude uniform in 1 +- this
@@ -309,7 +318,7 @@ def _check(cfg: SynthConfig) -> None:
     need(len(key) == 2 and 0.0 < key[0] <= key[1] <= 1.0, "key_fraction", "[min, max] with 0 < min <= max <= 1")
     shares = (
         "context_floor", "edge_fraction", "edge_share", "key_floor", "instance_jitter", "scene_rgb_share",
-        "action_flow_share",
+        "action_flow_share", "key_filler",
     )
     for key in shares:
         need(0.0 <= getattr(cfg, key) <= 1.0, key, "a number in [0, 1]")
@@ -321,6 +330,7 @@ def _check(cfg: SynthConfig) -> None:
     for key in (
         "scene_strength", "context_strength", "action_strength", "boundary_snippets", "action_fluctuation",
         "action_like_background", "actionness_strength", "video_variation", "noise_strength", "white_noise",
+        "background_motion",
     ):
         need(getattr(cfg, key) >= 0.0, key, "a non-negative number")
 
@@ -508,6 +518,11 @@ class _Prototypes:
             strength = amp * ramp
             key = self._key_moment(rng, phase, (end - start) / cfg.snippet_seconds)
             own = (strength * key * (1.0 - cfg.edge_share * (1.0 - middle))).max(axis=1)
+            if cfg.key_filler > 0:  # its own stream, like boundary_jitter
+                fillers = np.random.default_rng([self.seed, zlib.crc32(video.name.encode()), c, 1])
+                rows.append(self._sparse(fillers, len(start)) * self.action_weight)  # [N, D]
+                gap = strength * (1.0 - key) * (1.0 - cfg.edge_share * (1.0 - middle))  # [T, N]
+                coefs.extend(cfg.action_strength * cfg.key_filler * gap.T)
             shared = (strength * cfg.edge_share * (1.0 - middle)).max(axis=1)
             presence = strength.max(axis=1).clip(0.0, 1.0)
             moving = np.maximum(moving, strength.max(axis=1))
@@ -526,7 +541,11 @@ class _Prototypes:
             ]
 
         rows += [self.actionness, self.noise]
-        coefs.append(cfg.actionness_strength * moving)
+        motion = cfg.actionness_strength * moving
+        if cfg.background_motion > 0:  # its own stream, like boundary_jitter
+            walk = self._ar(np.random.default_rng([self.seed, zlib.crc32(video.name.encode()), 2**31 - 1]), length, 1)
+            motion = motion + cfg.background_motion * np.maximum(walk[:, 0], 0.0) * (1.0 - np.clip(moving, 0.0, 1.0))
+        coefs.append(motion)
         latent = np.column_stack(coefs + [cfg.noise_strength * self._ar(rng, length, cfg.noise_dim)])
         features = (_grid(latent) @ _grid(np.vstack(rows))).astype(np.float32)
         noise = rng.standard_normal(features.shape, dtype=np.float32)
