@@ -349,5 +349,12 @@ def test_background_motion_moves_the_actionness_row_outside_instances_only():
     direction = diff[changed].sum(axis=0)
     cosine = direction @ base.actionness / (np.linalg.norm(direction) * np.linalg.norm(base.actionness))
     assert cosine > 0.9
+    camera = _Prototypes(configure("tiny", {**quiet, "background_motion": 1.0, "background_motion_flow_share": 1.0}),
+                         ("a",), seed=0)
+    seen = camera.video(video) - base.video(video)
+    half = seen.shape[1] // 2
+    assert not seen[:, :half].any() and seen[changed, half:].any()  # camera motion: the flow half alone
     with pytest.raises(WtalError, match="background_motion"):
         configure("tiny", {"background_motion": -0.1})
+    with pytest.raises(WtalError, match="background_motion_flow_share"):
+        configure("tiny", {"background_motion_flow_share": 1.2})

@@ -46,7 +46,9 @@ post-ReLU I3D averages. Prototypes are sparse non-negative rows with unit RMS.
   foreground model cover whole instances and gives a class's own score nothing;
 * background motion: with ``background_motion`` > 0, outside instances a slow positive
   process along the actionness row (people walking, camera moves, replays of other moments),
-  so that moving is not the same as acting;
+  so that moving is not the same as acting; ``background_motion_flow_share`` of its energy is
+  in the flow half (the actionness row's own share, ``action_flow_share``, by default; 1.0:
+  camera motion, which only the flow stream sees);
 * action-like background: outside instances, a slow positive process along the
   class's own action row (people warming up, replays), scaled like the context
   by the proximity to instances. It keeps a linear snippet classifier from
@@ -168,6 +170,7 @@ class SynthConfig:
     actionness_strength: float = 0.0  # amplitude of the action row shared by all classes inside instances
     key_filler: float = 0.0  # share of the energy the class row gives up outside its key window, on a per-instance row
     background_motion: float = 0.0  # amplitude of the slow actionness process outside instances
+    background_motion_flow_share: float = 0.7  # share of the background motion's energy in the flow half
     boundary_snippets: float = 2.0  # width of the linear ramp centred on each boundary, in snippets
     boundary_jitter: float = 0.0  # each generated boundary moves by up to this share of the instance from the annotated one
     instance_jitter: float = 0.3  # instance amplitude uniform in 1 +- this
@@ -318,7 +321,7 @@ def _check(cfg: SynthConfig) -> None:
     need(len(key) == 2 and 0.0 < key[0] <= key[1] <= 1.0, "key_fraction", "[min, max] with 0 < min <= max <= 1")
     shares = (
         "context_floor", "edge_fraction", "edge_share", "key_floor", "instance_jitter", "scene_rgb_share",
-        "action_flow_share", "key_filler",
+        "action_flow_share", "key_filler", "background_motion_flow_share",
     )
     for key in shares:
         need(0.0 <= getattr(cfg, key) <= 1.0, key, "a number in [0, 1]")
@@ -467,7 +470,9 @@ class _Prototypes:
             math.sqrt(max(cfg.noise_dim, 1))
         )
         steps = 1 if cfg.noise_ar == 0 else min(200, math.ceil(math.log(1e-3) / math.log(cfg.noise_ar)))
-        self.actionness = self._sparse(rng, 1)[0] * self.action_weight
+        actionness = self._sparse(rng, 1)[0]
+        self.actionness = actionness * self.action_weight
+        self.motion = actionness * _modality_weights(width, 1.0 - cfg.background_motion_flow_share)
         kernel = cfg.noise_ar ** np.arange(steps)
         self.kernel = (kernel / np.linalg.norm(kernel)).astype(np.float32)  # unit variance
 
@@ -540,12 +545,13 @@ class _Prototypes:
                 cfg.action_strength * shared * fluct,
             ]
 
-        rows += [self.actionness, self.noise]
-        motion = cfg.actionness_strength * moving
+        rows.append(self.actionness)
+        coefs.append(cfg.actionness_strength * moving)
         if cfg.background_motion > 0:  # its own stream, like boundary_jitter
             walk = self._ar(np.random.default_rng([self.seed, zlib.crc32(video.name.encode()), 2**31 - 1]), length, 1)
-            motion = motion + cfg.background_motion * np.maximum(walk[:, 0], 0.0) * (1.0 - np.clip(moving, 0.0, 1.0))
-        coefs.append(motion)
+            rows.append(self.motion)
+            coefs.append(cfg.background_motion * np.maximum(walk[:, 0], 0.0) * (1.0 - np.clip(moving, 0.0, 1.0)))
+        rows.append(self.noise)
         latent = np.column_stack(coefs + [cfg.noise_strength * self._ar(rng, length, cfg.noise_dim)])
         features = (_grid(latent) @ _grid(np.vstack(rows))).astype(np.float32)
         noise = rng.standard_normal(features.shape, dtype=np.float32)
