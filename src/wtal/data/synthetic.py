@@ -495,7 +495,8 @@ class _Prototypes:
     def video(self, video: Video) -> np.ndarray:
         """``[T, D]`` float32 non-negative features of one video."""
         cfg = self.cfg
-        rng = np.random.default_rng([self.seed, zlib.crc32(video.name.encode())])
+        stream = [self.seed, zlib.crc32(video.name.encode())]  # the video's seed; its parts draw from [*stream, ...]
+        rng = np.random.default_rng(stream)
         length = num_snippets(video.duration, cfg.snippet_seconds)
         centre = (np.arange(length) + 0.5) * cfg.snippet_seconds  # seconds
         rows, coefs = [], []
@@ -509,7 +510,7 @@ class _Prototypes:
             c = self.class_index[name]
             start, end = video.segments[labels == name].T
             if cfg.boundary_jitter > 0:  # its own stream: the rest of the video is drawn as without it
-                moves = np.random.default_rng([self.seed, zlib.crc32(video.name.encode()), c])
+                moves = np.random.default_rng([*stream, c])
                 shift = cfg.boundary_jitter * (end - start) * moves.uniform(-1.0, 1.0, (2, len(start)))
                 start, end = start + shift[0], end + shift[1]
             amp = 1.0 + cfg.instance_jitter * rng.uniform(-1.0, 1.0, len(start))
@@ -524,7 +525,7 @@ class _Prototypes:
             key = self._key_moment(rng, phase, (end - start) / cfg.snippet_seconds)
             own = (strength * key * (1.0 - cfg.edge_share * (1.0 - middle))).max(axis=1)
             if cfg.key_filler > 0:  # its own stream, like boundary_jitter
-                fillers = np.random.default_rng([self.seed, zlib.crc32(video.name.encode()), c, 1])
+                fillers = np.random.default_rng([*stream, c, 1])
                 rows.append(self._sparse(fillers, len(start)) * self.action_weight)  # [N, D]
                 gap = strength * (1.0 - key) * (1.0 - cfg.edge_share * (1.0 - middle))  # [T, N]
                 coefs.extend(cfg.action_strength * cfg.key_filler * gap.T)
@@ -548,7 +549,7 @@ class _Prototypes:
         rows.append(self.actionness)
         coefs.append(cfg.actionness_strength * moving)
         if cfg.background_motion > 0:  # its own stream, like boundary_jitter
-            walk = self._ar(np.random.default_rng([self.seed, zlib.crc32(video.name.encode()), 2**31 - 1]), length, 1)
+            walk = self._ar(np.random.default_rng([*stream, 2**31 - 1]), length, 1)
             rows.append(self.motion)
             coefs.append(cfg.background_motion * np.maximum(walk[:, 0], 0.0) * (1.0 - np.clip(moving, 0.0, 1.0)))
         rows.append(self.noise)
