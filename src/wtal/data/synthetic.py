@@ -47,8 +47,8 @@ post-ReLU I3D averages. Prototypes are sparse non-negative rows with unit RMS.
 * background motion: with ``background_motion`` > 0, outside instances a slow positive
   process along the actionness row (people walking, camera moves, replays of other moments),
   so that moving is not the same as acting; ``background_motion_flow_share`` of its energy is
-  in the flow half (the actionness row's own share, ``action_flow_share``, by default; 1.0:
-  camera motion, which only the flow stream sees);
+  in the flow half (0.7 by default, the default of ``action_flow_share`` but not tied to it;
+  1.0: camera motion, which only the flow stream sees);
 * action-like background: outside instances, a slow positive process along the
   class's own action row (people warming up, replays), scaled like the context
   by the proximity to instances. It keeps a linear snippet classifier from
