@@ -358,3 +358,25 @@ def test_background_motion_moves_the_actionness_row_outside_instances_only():
         configure("tiny", {"background_motion": -0.1})
     with pytest.raises(WtalError, match="background_motion_flow_share"):
         configure("tiny", {"background_motion_flow_share": 1.2})
+
+
+def test_background_motion_overlap_turns_the_motion_off_the_actionness_row():
+    quiet = {"noise_strength": 0.0, "white_noise": 0.0, "boundary_snippets": 0.0, "actionness_strength": 1.0,
+             "background_motion": 1.0}
+    video = _one_instance_video(200, 80, 110)
+    along = _Prototypes(configure("tiny", quiet), ("a",), seed=0)
+    same = _Prototypes(configure("tiny", {**quiet, "background_motion_overlap": 1.0}), ("a",), seed=0)
+    assert np.array_equal(along.video(video), same.video(video))
+    apart = _Prototypes(configure("tiny", {**quiet, "background_motion_overlap": 0.3}), ("a",), seed=0)
+    diff = apart.video(video) - along.video(video)
+    assert not diff[81:110].any()  # only the motion outside the instance moved
+    assert np.abs(diff[:81]).sum() > 0
+
+    def cosine(a, b):
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    assert cosine(along.motion, along.actionness) == pytest.approx(1.0)
+    assert cosine(apart.motion, apart.actionness) < 0.6
+    assert (apart.motion >= 0).all()
+    with pytest.raises(WtalError, match="background_motion_overlap"):
+        configure("tiny", {"background_motion_overlap": 1.5})

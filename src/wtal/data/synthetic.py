@@ -48,7 +48,10 @@ post-ReLU I3D averages. Prototypes are sparse non-negative rows with unit RMS.
   process along the actionness row (people walking, camera moves, replays of other moments),
   so that moving is not the same as acting; ``background_motion_flow_share`` of its energy is
   in the flow half (0.7 by default, the default of ``action_flow_share`` but not tied to it;
-  1.0: camera motion, which only the flow stream sees);
+  1.0: camera motion, which only the flow stream sees); ``background_motion_overlap`` is the
+  share of its direction along the actionness row (1 by default), the rest along a motion row of
+  its own (camera pans and zooms move the whole frame, an actor only part of it, so real flow
+  features of the two are alike but not the same);
 * action-like background: outside instances, a slow positive process along the
   class's own action row (people warming up, replays), scaled like the context
   by the proximity to instances. It keeps a linear snippet classifier from
@@ -171,6 +174,7 @@ class SynthConfig:
     key_filler: float = 0.0  # share of the energy the class row gives up outside its key window, on a per-instance row
     background_motion: float = 0.0  # amplitude of the slow actionness process outside instances
     background_motion_flow_share: float = 0.7  # share of the background motion's energy in the flow half
+    background_motion_overlap: float = 1.0  # weight (about the cosine) of the actionness row in the motion's row
     boundary_snippets: float = 2.0  # width of the linear ramp centred on each boundary, in snippets
     boundary_jitter: float = 0.0  # each generated boundary moves by up to this share of the instance from the annotated one
     instance_jitter: float = 0.3  # instance amplitude uniform in 1 +- this
@@ -321,7 +325,7 @@ def _check(cfg: SynthConfig) -> None:
     need(len(key) == 2 and 0.0 < key[0] <= key[1] <= 1.0, "key_fraction", "[min, max] with 0 < min <= max <= 1")
     shares = (
         "context_floor", "edge_fraction", "edge_share", "key_floor", "instance_jitter", "scene_rgb_share",
-        "action_flow_share", "key_filler", "background_motion_flow_share",
+        "action_flow_share", "key_filler", "background_motion_flow_share", "background_motion_overlap",
     )
     for key in shares:
         need(0.0 <= getattr(cfg, key) <= 1.0, key, "a number in [0, 1]")
@@ -472,9 +476,24 @@ class _Prototypes:
         steps = 1 if cfg.noise_ar == 0 else min(200, math.ceil(math.log(1e-3) / math.log(cfg.noise_ar)))
         actionness = self._sparse(rng, 1)[0]
         self.actionness = actionness * self.action_weight
-        self.motion = actionness * _modality_weights(width, 1.0 - cfg.background_motion_flow_share)
+        self.motion = self._motion_row(actionness) * _modality_weights(width, 1.0 - cfg.background_motion_flow_share)
         kernel = cfg.noise_ar ** np.arange(steps)
         self.kernel = (kernel / np.linalg.norm(kernel)).astype(np.float32)  # unit variance
+
+    def _motion_row(self, actionness: np.ndarray) -> np.ndarray:
+        """``[D]`` unit-RMS non-negative direction of the background motion.
+
+        ``overlap * actionness + sqrt(1 - overlap**2) * own``, renormalised, with ``own`` a sparse
+        row of the motion's own (drawn from its own stream, so the other rows are as without it).
+        At the presets' widths ``overlap`` is about the cosine of the two rows (0.49 at 0.5 over the
+        512-d preset's flow half; two independent sparse rows have a cosine of about 0.08 there).
+        """
+        overlap = self.cfg.background_motion_overlap
+        if overlap == 1.0:
+            return actionness
+        own = self._sparse(np.random.default_rng([self.seed, 2**31 - 2]), 1)[0]
+        row = overlap * actionness + math.sqrt(1.0 - overlap**2) * own
+        return (row / np.sqrt((row**2).mean())).astype(np.float32)
 
     def _sparse(self, rng: np.random.Generator, rows: int) -> np.ndarray:
         """``[rows, D]`` float32 sparse non-negative rows with unit RMS."""
