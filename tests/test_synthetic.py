@@ -337,6 +337,10 @@ def test_key_filler_keeps_the_action_energy_even_but_not_its_class():
         configure("tiny", {"key_filler": 1.5})
 
 
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
 def test_background_motion_moves_the_actionness_row_outside_instances_only():
     quiet = {"noise_strength": 0.0, "white_noise": 0.0, "boundary_snippets": 0.0, "actionness_strength": 1.0}
     video = _one_instance_video(200, 80, 110)
@@ -347,8 +351,7 @@ def test_background_motion_moves_the_actionness_row_outside_instances_only():
     changed = np.flatnonzero(np.abs(diff).sum(axis=1) > 0)
     assert len(changed) > 40 and np.all((changed < 81) | (changed >= 110))
     direction = diff[changed].sum(axis=0)
-    cosine = direction @ base.actionness / (np.linalg.norm(direction) * np.linalg.norm(base.actionness))
-    assert cosine > 0.9
+    assert _cosine(direction, base.actionness) > 0.9
     camera = _Prototypes(configure("tiny", {**quiet, "background_motion": 1.0, "background_motion_flow_share": 1.0}),
                          ("a",), seed=0)
     seen = camera.video(video) - base.video(video)
@@ -369,12 +372,8 @@ def test_background_motion_overlap_turns_the_motion_off_the_actionness_row():
     diff = apart.video(video) - along.video(video)
     assert not diff[81:110].any()  # only the motion outside the instance moved
     assert np.abs(diff[:81]).sum() > 0
-
-    def cosine(a, b):
-        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-    assert cosine(along.motion, along.actionness) == pytest.approx(1.0)
-    assert cosine(apart.motion, apart.actionness) < 0.6
+    assert _cosine(along.motion, along.actionness) == pytest.approx(1.0)
+    assert _cosine(apart.motion, apart.actionness) < 0.6
     assert (apart.motion >= 0).all()
     for row in ("scenes", "context", "action", "shared", "actionness", "noise"):  # drawn as without the knob
         assert np.array_equal(getattr(apart, row), getattr(along, row))
