@@ -6,8 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 from wtal.cli import main
+from wtal.data.synthetic import configure, written_knobs
 
 
 def _write(path, obj):
@@ -144,16 +146,27 @@ def test_demo_on_a_small_dataset(tiny_dataset, tmp_path, capsys):
     (run,) = out.glob("run-*")
     assert (run / "timeline.png").stat().st_size > 10_000
     assert (run / "detections.json").is_file() and (run / "metrics.json").is_file()
-    assert "using the synthetic dataset already in" in text and "(128-d features)" in text and "sized for" not in text
+    assert "using the synthetic dataset already in" in text and "(128-d features)" in text and "older demo" not in text
 
 
 def test_demo_names_its_own_older_dataset(tiny_dataset, tmp_path, capsys):
-    """A demo folder whose data an older demo wrote at another width is used with a note (never
-    replaced without --overwrite)."""
+    """A demo folder whose data an older demo wrote (another width, an older preset) is used with a
+    note naming what differs, never replaced without --overwrite."""
     out = tmp_path / "demo"
     shutil.copytree(tiny_dataset, out / "data")
-    code = main(["demo", "--quiet", "--out", str(out), "model.base_config.embed_dim=32",
-                 "model.base_config.attention_dim=16", "data.max_seqlen=64", "train.iterations=2", "train.eval_every=0"])
-    assert code == 0
-    assert "note: the demo's cut is sized for 512-d features" in capsys.readouterr().out
-    assert (out / "data" / "dataset.yaml").read_text() == (tiny_dataset / "dataset.yaml").read_text()
+    tiny = (tiny_dataset / "dataset.yaml").read_text()
+    args = ["demo", "--quiet", "--out", str(out), "model.base_config.embed_dim=32",
+            "model.base_config.attention_dim=16", "data.max_seqlen=64", "train.iterations=2", "train.eval_every=0"]
+    assert main(args) == 0
+    assert re.search(r"note: an older demo wrote these features; today's preset at 512-d differs in "
+                     r"action_like_background, .* and \d+ more; wtal demo --overwrite regenerates them",
+                     capsys.readouterr().out)
+    assert (out / "data" / "dataset.yaml").read_text() == tiny
+
+    # The same folder as if the demo of the k3 preset (before the camera motion) had written it.
+    meta = yaml.safe_load(tiny)
+    meta["generator"]["knobs"] = written_knobs(configure("thumos14_k3", {"feature_dim": 512}))
+    (out / "data" / "dataset.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    assert main(args) == 0
+    note = "differs in background_motion, background_motion_flow_share, background_motion_overlap;"
+    assert note in capsys.readouterr().out

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from wtal.cli import main
-from wtal.engine.sweep import parse_grid, read_variants
+from wtal.engine.sweep import parse_grid, read_variants, select_rows
 from wtal.errors import WtalError
 
 
@@ -27,6 +27,17 @@ def test_variants_file(tmp_path):
     path.write_text("B0: model.bg_loss\n")
     with pytest.raises(WtalError, match="v.yaml: B0: expected a list"):
         read_variants(path)
+
+
+def test_rows_selects_named_variants_in_file_order(tmp_path, capsys):
+    path = tmp_path / "v.yaml"
+    path.write_text("B0: [model.ten=off]\nB3: [model.bg_loss=false]\nB4: []\n")
+    rows = read_variants(path)
+    assert [r.name for r in select_rows(rows, "B4,B0", path)] == ["B0", "B4"]
+    with pytest.raises(WtalError, match=r"v.yaml: --rows 'B0,B9': expected row names among \['B0', 'B3', 'B4'\], found \['B9'\]"):
+        select_rows(rows, "B0,B9", path)
+    assert main(["sweep", "--rows", "B0", "--out", str(tmp_path / "s")]) == 2
+    assert "give --variants" in capsys.readouterr().err
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The synthetic generator: real annotation structure, files, determinism, and the context phenomenon."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -139,6 +140,21 @@ def test_thumos14_preset_is_the_real_412_videos():
     assert sum(len(v.labels) for v in annotations.videos.values()) == 6365
     assert set(annotations.ambiguous) == set(real.ambiguous) & set(real.videos)
     assert PRESETS["thumos14"].feature_dim == 2048 and len(annotations.classes) == 20
+
+
+def test_calibrated_thumos14_is_k3_plus_flow_only_camera_motion():
+    # The calibration (reports/calibration/README.md) measured exactly these knobs; any other
+    # change to the preset voids its table and every report made on it.
+    k3, calibrated = PRESETS["thumos14_k3"], PRESETS["thumos14"]
+    k3_knobs = (k3.key_fraction, k3.key_floor, k3.actionness_strength, k3.action_like_background)
+    assert k3_knobs == ((0.2, 0.6), 0.2, 0.8, 0.9)
+    assert k3.background_motion == 0.0
+    changed = {
+        f.name: getattr(calibrated, f.name)
+        for f in dataclasses.fields(calibrated)
+        if getattr(calibrated, f.name) != getattr(k3, f.name)
+    }
+    assert changed == {"background_motion": 0.8, "background_motion_flow_share": 1.0, "background_motion_overlap": 0.9}
 
 
 def test_related_groups():

@@ -195,17 +195,19 @@ def _cmd_demo(args) -> int:
     out = Path(args.out)
     data_dir = Path(args.data) if args.data else out / "data"
     found = data_dir / "dataset.yaml"
-    width = read_yaml_mapping(found, "a canonical dataset").get("feature_dim") if found.is_file() else None
-    # An older demo's own dataset (2048-d) is regenerated on --overwrite; a --data folder is used as it is.
-    stale = width is not None and width != DEMO_FEATURE_DIM and not args.data
-    if width is None or (stale and args.overwrite):
+    meta = read_yaml_mapping(found, "a canonical dataset") if found.is_file() else None
+    # An older demo's own dataset (another width or an older preset) is regenerated on --overwrite;
+    # a --data folder is used as it is.
+    differs = [] if meta is None or args.data else _knobs_differing(meta)
+    if meta is None or (differs and args.overwrite):
         print(f"generating the synthetic THUMOS14 preset (real annotation structure) in {data_dir} ...")
         generate("thumos14", data_dir, seed=0, overwrite=args.overwrite, feature_dim=DEMO_FEATURE_DIM)
     else:
-        print(f"using the synthetic dataset already in {data_dir} ({width}-d features)")
-        if stale:
-            print(f"note: the demo's cut is sized for {DEMO_FEATURE_DIM}-d features (an older demo wrote these "
-                  "ones); wtal demo --overwrite regenerates them")
+        print(f"using the synthetic dataset already in {data_dir} ({meta.get('feature_dim')}-d features)")
+        if differs:
+            shown = ", ".join(differs[:4]) + (f" and {len(differs) - 4} more" if len(differs) > 4 else "")
+            print(f"note: an older demo wrote these features; today's preset at {DEMO_FEATURE_DIM}-d differs in "
+                  f"{shown}; wtal demo --overwrite regenerates them")
     overrides = [
         f"data.root={data_dir}",
         f"output_dir={out}",
@@ -238,6 +240,16 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _knobs_differing(meta: dict) -> list[str]:
+    """Generator knobs in which a dataset.yaml differs from the demo's preset today, sorted."""
+    from wtal.data.synthetic import SynthConfig, configure, written_knobs
+
+    written = (meta.get("generator") or {}).get("knobs") or {}
+    today = written_knobs(configure("thumos14", {"feature_dim": DEMO_FEATURE_DIM}))
+    default = written_knobs(SynthConfig())  # what a knob newer than the file did when it was written
+    return sorted(key for key, value in today.items() if written.get(key, default[key]) != value)
+
+
 def _cmd_curves(args) -> int:
     from wtal.plots import evaluation_curve, plot_curves
 
@@ -255,9 +267,13 @@ def _cmd_curves(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from wtal.engine.sweep import parse_grid, read_variants, run_sweep
+    from wtal.engine.sweep import parse_grid, read_variants, run_sweep, select_rows
 
+    if args.rows and not args.variants:
+        raise WtalError("--rows: names rows of a --variants file; give --variants")
     rows = read_variants(args.variants) if args.variants else []
+    if args.rows:
+        rows = select_rows(rows, args.rows, args.variants)
     if args.grid or not rows:
         rows += parse_grid(args.grid or [])
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -281,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic dataset over real annotation structures")
-    p.add_argument("--preset", default="thumos14", help="thumos14 | tiny | activitynet")
+    p.add_argument("--preset", default="thumos14", help="thumos14 | thumos14_k3 | tiny | activitynet")
     p.add_argument("--out", required=True, help="output folder (canonical layout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -327,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="base YAML config")
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="an axis of the grid (repeatable)")
     p.add_argument("--variants", help="YAML file: row name -> list of key=value overrides")
+    p.add_argument("--rows", metavar="NAME,NAME", help="only these rows of the --variants file")
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     p.add_argument("--out", required=True, help="sweep folder (runs/ and the report)")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the runs finished so far")

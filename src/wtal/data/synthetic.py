@@ -82,9 +82,16 @@ Presets
 200 ``validation`` for training, 212 ``test``), 20 classes, 2048-d (rgb 1024 +
 flow 1024); about 137k snippets, 1.1 GB. Calibrated against the faithful baselines
 (``reports/calibration/README.md``): key moments of 20-60% of each instance with the
-class's own row at 0.2 elsewhere, actionness 0.8 and action-like background 0.9 make
-the four baselines rank as on real THUMOS14. The other presets keep the knobs' defaults
-(no key moments, no actionness: the generator before calibration).
+class's own row at 0.2 elsewhere, actionness 0.8, action-like background 0.9, and camera
+motion outside the actions (``background_motion`` 0.8, all of it in the flow half, its
+direction 0.9 along the actionness row) make the four baselines rank as on real THUMOS14
+at the CPU budget (512-d, 600 iterations). Over longer schedules the order does not hold
+(the report says how).
+``thumos14_k3``: the first calibration, ``thumos14`` without the camera motion, which it was
+until 2026-11-30 (the reports made before then were run on it); it ranks BaS-Net level with
+CO2-Net.
+The other presets keep the knobs' defaults (no key moments, no actionness, no motion: the
+generator before calibration).
 ``tiny``: 48 real THUMOS14 videos (32 validation, 16 test) of 4 classes
 (BaseballPitch, Billiards, HighJump, LongJump; the last two are related), each
 cropped to a window of 30-100 snippets around an instance, 128-d (rgb 64 +
@@ -192,14 +199,27 @@ class SynthConfig:
     action_flow_share: float = 0.7  # share of action energy in the flow half
 
 
+# The first calibration (2026-11-29): key moments, actionness and action-like background. At the
+# CPU budget it ranks W-TALC last but BaS-Net level with CO2-Net. It was `thumos14` until the
+# camera motion was added (2026-11-30); the reports made before then were run on it.
+_THUMOS14_K3 = SynthConfig(
+    key_fraction=(0.2, 0.6),
+    key_floor=0.2,
+    actionness_strength=0.8,
+    action_like_background=0.9,
+)
+
 PRESETS: dict[str, SynthConfig] = {
-    # calibrated: the faithful baselines rank as on real THUMOS14 (reports/calibration/README.md)
-    "thumos14": SynthConfig(
-        key_fraction=(0.2, 0.6),
-        key_floor=0.2,
-        actionness_strength=0.8,
-        action_like_background=0.9,
+    # calibrated: at the CPU budget the faithful baselines rank as on real THUMOS14, W-TALC <
+    # BaS-Net < UM < CO2-Net (reports/calibration/README.md): k3 plus camera motion outside the
+    # actions, seen by the flow stream only, along a direction 0.9 on the actionness row
+    "thumos14": dataclasses.replace(
+        _THUMOS14_K3,
+        background_motion=0.8,
+        background_motion_flow_share=1.0,
+        background_motion_overlap=0.9,
     ),
+    "thumos14_k3": _THUMOS14_K3,
     "tiny": SynthConfig(
         name="thumos14_tiny",
         classes=("BaseballPitch", "Billiards", "HighJump", "LongJump"),
@@ -439,9 +459,14 @@ def _write(folder: Path, annotations: Annotations, cfg: SynthConfig, preset: str
         "classes": list(annotations.classes),
         "annotations": "annotations.json",
         "features": "features",
-        "generator": {"preset": preset, "seed": seed, "knobs": _plain(dataclasses.asdict(cfg))},
+        "generator": {"preset": preset, "seed": seed, "knobs": written_knobs(cfg)},
     }
     (folder / "dataset.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+
+
+def written_knobs(cfg: SynthConfig) -> dict[str, Any]:
+    """Every knob of ``cfg`` as ``dataset.yaml`` records it (under ``generator: knobs:``)."""
+    return _plain(dataclasses.asdict(cfg))
 
 
 def _plain(obj: Any) -> Any:

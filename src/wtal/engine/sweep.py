@@ -64,6 +64,16 @@ def read_variants(path: str | Path) -> list[Row]:
     return rows
 
 
+def select_rows(rows: list[Row], names: str, source: str | Path) -> list[Row]:
+    """The rows named in the comma list ``names``, in the file's order (``source`` names the file)."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = [r.name for r in rows]
+    unknown = [n for n in wanted if n not in known]
+    if unknown or not wanted:
+        raise WtalError(f"{source}: --rows {names!r}: expected row names among {known}, found {unknown or 'none'}")
+    return [r for r in rows if r.name in wanted]
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name)[:120]
 
