@@ -8,7 +8,7 @@ import torch
 
 from wtal.config import load_config
 from wtal.engine.inference import detect, predict, score_detections
-from wtal.engine.trainer import load_checkpoint, load_run, train
+from wtal.engine.trainer import load_checkpoint, load_run, timestamped_run_name, train
 from wtal.errors import WtalError
 from wtal.models import build_model
 
@@ -80,3 +80,16 @@ def test_best_val_selects_on_held_out_training_videos(tiny_overrides):
     train_names = {v.name for v in dataset.videos("validation")}
     assert set(metrics["held_out"]) < train_names
     assert len(metrics["held_out"]) == round(0.25 * len(train_names))
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
+    """Two default run names taken within one second must not collide (the second run would be refused)."""
+    monkeypatch.setattr("wtal.engine.trainer.time.strftime", lambda fmt: "20261130-211450")
+    first = timestamped_run_name(tmp_path, "run")
+    assert first == "run-20261130-211450"
+    (tmp_path / first).mkdir()
+    second = timestamped_run_name(tmp_path, "run")
+    assert second == "run-20261130-211450-2"
+    (tmp_path / second).mkdir()
+    assert timestamped_run_name(tmp_path, "run") == "run-20261130-211450-3"
+    assert timestamped_run_name(tmp_path / "absent", "run") == first

@@ -187,7 +187,7 @@ def _cmd_eval(args) -> int:
 def _cmd_demo(args) -> int:
     from wtal.config import load_config
     from wtal.data.synthetic import generate
-    from wtal.engine.trainer import train
+    from wtal.engine.trainer import timestamped_run_name, train
     from wtal.io import read_yaml_mapping
     from wtal.plots import plot_timelines
 
@@ -211,7 +211,7 @@ def _cmd_demo(args) -> int:
     overrides = [
         f"data.root={data_dir}",
         f"output_dir={out}",
-        f"run_name=run-{time.strftime('%Y%m%d-%H%M%S')}",
+        f"run_name={timestamped_run_name(out, 'run')}",
         f"train.seed={args.seed}",
         *DEMO_OVERRIDES,
         *args.overrides,

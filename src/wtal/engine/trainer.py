@@ -78,9 +78,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def timestamped_run_name(output_dir: str | Path, prefix: str) -> str:
+    """``prefix-YYYYmmdd-HHMMSS``, with ``-2``, ``-3``, ... added when runs started in the same second."""
+    stem = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = stem, 1
+    while (Path(output_dir) / name).exists():
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
 def make_run_dir(cfg: Config, overwrite: bool) -> Path:
     """Create ``output_dir/run_name``; refuse to reuse a non-empty one without ``overwrite``."""
-    name = cfg.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.run_name or timestamped_run_name(cfg.output_dir, cfg.model.name)
     run_dir = Path(cfg.output_dir) / name
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise WtalError(f"{run_dir}: run directory exists and is not empty; pass --overwrite to replace its files")
