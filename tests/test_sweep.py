@@ -1,10 +1,12 @@
 """Sweeps: grid expansion, resumable runs, the report."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from wtal.cli import main
+from wtal.config import load_config
 from wtal.engine.sweep import parse_grid, read_variants, select_rows
 from wtal.errors import WtalError
 
@@ -121,3 +123,14 @@ def test_compare_and_last_column_without_a_named_average(base, tmp_path):
     assert rows[1]["delta"]["key"] == "avg"
     assert rows[1]["mean"]["last avg"] == pytest.approx(rows[1]["mean"]["avg"])  # one evaluation, at the end
     assert "| mAP@0.3 | mAP@0.5 | avg | cls mAP | avg last | Δ vs model.lam=1 |" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["wtalc", "basnet", "um", "co2net"])
+def test_full_width_rows_are_the_authors_configs(method):
+    """configs/sweeps/baselines_full.yaml, which confirms the CPU-budget order at full width, must
+    train each baseline exactly as its configs/<method>_thumos14.yaml does."""
+    configs = Path(__file__).parents[1] / "configs"
+    rows = {row.name: row.overrides for row in read_variants(configs / "sweeps" / "baselines_full.yaml")}
+    swept = load_config(configs / "thumos14_synthetic.yaml", rows[method])
+    authors = load_config(configs / f"{method}_thumos14.yaml", [])
+    assert (swept.model, swept.data, swept.train) == (authors.model, authors.data, authors.train)
