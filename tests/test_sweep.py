@@ -104,11 +104,21 @@ def test_compare_gives_each_rows_difference_and_its_standard_error(base, tmp_pat
     rows = json.loads((out / "report.json").read_text())["rows"]
     key = "avg(0.1:0.7)"
     ref, other = rows
-    assert ref["delta"] == {"vs": "model.lam=1", "key": key, "diff": 0.0, "se": pytest.approx(ref["std"][key])}
+    welch = {k: ref["delta"][k] for k in ("vs", "key", "diff", "se")}
+    assert welch == {"vs": "model.lam=1", "key": key, "diff": 0.0, "se": pytest.approx(ref["std"][key])}
     assert other["delta"]["diff"] == pytest.approx(other["mean"][key] - ref["mean"][key])
     assert other["delta"]["se"] == pytest.approx((other["std"][key] ** 2 / 2 + ref["std"][key] ** 2 / 2) ** 0.5)
     assert f"{other['delta']['diff']:+.2f} ± {other['delta']['se']:.2f}" in (out / "report.md").read_text()
     assert "Δ vs model.lam=1 |" in (out / "report.md").read_text()
+    for name, metric in (("paired", key), ("last paired", f"last {key}")):
+        per_seed = [a - b for a, b in zip(other["per_seed"][metric], ref["per_seed"][metric])]
+        assert other["delta"][name]["seeds"] == [0, 1]
+        assert other["delta"][name]["diff"] == pytest.approx(sum(per_seed) / 2)
+        assert other["delta"][name]["se"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2)
+        assert ref["delta"][name] == {"diff": 0.0, "se": 0.0, "seeds": [0, 1]}
+    paired = other["delta"]["paired"]
+    table = (out / "report.md").read_text()
+    assert "Δ paired | Δ last, paired |" in table and f"{paired['diff']:+.2f} ± {paired['se']:.2f}" in table
     capsys.readouterr()
     assert main([*args, "--report-only", "--compare", "model.lam=9"]) == 2
     assert "--compare 'model.lam=9': not a row of this sweep" in capsys.readouterr().err
@@ -121,6 +131,7 @@ def test_compare_and_last_column_without_a_named_average(base, tmp_path):
     assert main(args) == 0
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert rows[1]["delta"]["key"] == "avg"
+    assert "paired" not in rows[1]["delta"]  # one shared seed: no per-seed spread to read
     assert rows[1]["mean"]["last avg"] == pytest.approx(rows[1]["mean"]["avg"])  # one evaluation, at the end
     assert "| mAP@0.3 | mAP@0.5 | avg | cls mAP | avg last | Δ vs model.lam=1 |" in (out / "report.md").read_text()
 

@@ -136,7 +136,11 @@ def summarize(
     With ``compare`` (a row name), each row also gets ``delta``: the difference of
     its mean average mAP to that row's and the standard error of that difference,
     sqrt(s1^2 / n1 + s2^2 / n2) over the two rows' seeds (Welch), so a difference
-    can be read against seed noise.
+    can be read against seed noise. Where the two rows share two seeds or more, ``delta``
+    also has ``paired`` and ``last paired``: the mean and standard error of the per-seed
+    differences (best and last evaluation) over the shared seeds. A seed fixes the initial
+    weights and the batches alike in both rows, so the paired error leaves out what the
+    seeds do to both; Welch's counts it twice.
     """
     table = []
     checkpoint_rules = set()
@@ -159,6 +163,7 @@ def summarize(
             "seeds": finished,
             "mean": {k: float(np.mean(v)) for k, v in metrics.items()},
             "std": {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in metrics.items()},
+            "per_seed": {k: v for k, v in metrics.items() if k.startswith(("avg", "last avg"))},
             "commands": [shlex.join(run_command(config, base, row, s, run_dirs(out, row, s))) for s in finished],
         })
     if not table:
@@ -172,7 +177,23 @@ def summarize(
             diff = row["mean"][key] - reference["mean"][key]
             se = np.sqrt(row["std"][key] ** 2 / len(row["seeds"]) + reference["std"][key] ** 2 / len(reference["seeds"]))
             row["delta"] = {"vs": compare, "key": key, "diff": float(diff), "se": float(se)}
+            for name, metric in (("paired", key), ("last paired", f"last {key}")):
+                paired = _paired_difference(row, reference, metric)
+                if paired is not None:
+                    row["delta"][name] = paired
     return {"config": config, "base_overrides": base, "seeds": seeds, "checkpoint": sorted(checkpoint_rules), "rows": table}
+
+
+def _paired_difference(row: dict, reference: dict, key: str) -> dict | None:
+    """Mean ± standard error of ``row - reference`` seed by seed over their shared seeds
+    (None where they share fewer than two or a row lacks ``key``)."""
+    shared = [s for s in row["seeds"] if s in reference["seeds"]]
+    if len(shared) < 2 or key not in row["per_seed"] or key not in reference["per_seed"]:
+        return None
+    mine = dict(zip(row["seeds"], row["per_seed"][key]))
+    theirs = dict(zip(reference["seeds"], reference["per_seed"][key]))
+    diffs = np.array([mine[s] - theirs[s] for s in shared])
+    return {"diff": float(diffs.mean()), "se": float(diffs.std(ddof=1) / np.sqrt(len(diffs))), "seeds": shared}
 
 
 def _average_keys(mean: dict) -> list[str]:
@@ -208,6 +229,7 @@ def write_report(report: dict, out: Path) -> None:
     keys = [k for k in rows[0]["mean"] if k.startswith("mAP@")] + _average_keys(rows[0]["mean"])
     main = _main_key(rows[0])
     delta = rows[0].get("delta")
+    paired = [name for name in ("paired", "last paired") if any(name in row.get("delta", {}) for row in rows)]
     lines = [
         f"# Sweep report: {len(rows)} configurations x seeds {report['seeds']}",
         "",
@@ -219,10 +241,19 @@ def write_report(report: dict, out: Path) -> None:
             " (Welch); * marks a difference larger than twice its standard error."
             if delta
             else ""
+        )
+        + (
+            " 'Δ paired' and 'Δ last, paired' are the mean ± standard error of the differences seed by seed"
+            " (best and last evaluation) over the seeds both rows have: a seed fixes the initial weights and"
+            " the batches in both rows alike."
+            if paired
+            else ""
         ),
         "",
-        "| configuration | seeds | " + " | ".join(keys) + f" | cls mAP | {main} last |" + (f" Δ vs {delta['vs']} |" if delta else ""),
-        "|---|---|" + "---|" * (len(keys) + 2 + bool(delta)),
+        "| configuration | seeds | " + " | ".join(keys) + f" | cls mAP | {main} last |"
+        + (f" Δ vs {delta['vs']} |" if delta else "")
+        + "".join(f" Δ {'last, paired' if name == 'last paired' else 'paired'} |" for name in paired),
+        "|---|---|" + "---|" * (len(keys) + 2 + bool(delta) + len(paired)),
     ]
     for row in rows:
         cells = [f"{row['mean'][k]:.2f} ± {row['std'][k]:.2f}" for k in keys]
@@ -230,9 +261,8 @@ def write_report(report: dict, out: Path) -> None:
         last = f"last {main}"
         cells += [cls, f"{row['mean'][last]:.2f} ± {row['std'][last]:.2f}" if last in row["mean"] else "-"]
         if delta:
-            d = row["delta"]
-            marked = "*" if abs(d["diff"]) > 2 * d["se"] else ""
-            cells.append(f"{d['diff']:+.2f} ± {d['se']:.2f}{marked}")
+            cells.append(_difference(row["delta"]))
+            cells += [_difference(row["delta"][name]) if name in row["delta"] else "-" for name in paired]
         seeds = ",".join(str(seed) for seed in row["seeds"])
         lines.append(f"| {row['row']} | {seeds} | " + " | ".join(cells) + " |")
     lines += ["", "## Commands", ""]
@@ -240,6 +270,12 @@ def write_report(report: dict, out: Path) -> None:
         lines += [f"- {row['row']}:"] + [f"  - `{c}`" for c in row["commands"]]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     _plot(rows, main, out / "report.png")
+
+
+def _difference(delta: dict) -> str:
+    """``+d ± se``, with * where the difference is larger than twice its standard error."""
+    marked = "*" if abs(delta["diff"]) > 2 * delta["se"] else ""
+    return f"{delta['diff']:+.2f} ± {delta['se']:.2f}{marked}"
 
 
 def _plot(rows: list[dict], key: str, path: Path) -> None:
