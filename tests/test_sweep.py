@@ -7,7 +7,7 @@ import pytest
 
 from wtal.cli import main
 from wtal.config import load_config
-from wtal.engine.sweep import parse_grid, read_variants, select_rows
+from wtal.engine.sweep import Row, parse_grid, read_variants, run_dirs, select_rows
 from wtal.errors import WtalError
 
 
@@ -62,6 +62,92 @@ def test_sweep_runs_every_row_and_seed_and_resumes(base, tmp_path, capsys):
     assert first.count("[sweep]") == 4
     assert main(args) == 0
     assert "[sweep]" not in capsys.readouterr().out
+
+
+def _interrupted_sweep(out, args, monkeypatch) -> Path:
+    """Run the sweep ``args`` into ``out`` and kill it right after its first run's step-2 checkpoint."""
+    import wtal.engine.trainer as trainer
+
+    save = trainer.save_checkpoint
+
+    def killed_after_step_2(path, *rest):
+        save(path, *rest)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", killed_after_step_2)
+    assert main(["sweep", "--out", str(out), *args]) == 130
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
+    run = out / "runs" / "model.lam=1-seed0"
+    assert (run / "last.pt").is_file() and not (run / "metrics.json").exists()
+    return run
+
+
+@pytest.fixture
+def short(base):
+    """Sweep arguments for 4-step runs evaluated at steps 2 and 4, on one thread (exact on CPU)."""
+    return ["--quiet", "--seeds", "0", *base, "train.iterations=4", "train.eval_every=2", "train.threads=1"]
+
+
+def test_an_interrupted_run_continues_from_its_last_checkpoint(short, tmp_path, monkeypatch, capsys):
+    args = ["--grid", "model.lam=1", *short]
+    assert main(["sweep", "--out", str(tmp_path / "whole"), *args]) == 0
+    whole = json.loads((tmp_path / "whole" / "runs" / "model.lam=1-seed0" / "metrics.json").read_text())
+    run = _interrupted_sweep(tmp_path / "cut", args, monkeypatch)
+    capsys.readouterr()
+    assert main(["sweep", "--out", str(tmp_path / "cut"), *args]) == 0
+    assert f"-> {run} (resumed)" in capsys.readouterr().out
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert resumed["mAP"] == pytest.approx(whole["mAP"]) and resumed["step"] == whole["step"]
+
+    (run / "metrics.json").unlink()
+    assert main(["sweep", "--out", str(tmp_path / "cut"), *args, "train.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr" in err and f"delete {run} to train it again" in err
+
+
+def test_jobs_continue_an_interrupted_run_too(short, tmp_path, monkeypatch, capsys):
+    assert main(["sweep", "--out", str(tmp_path / "whole"), "--grid", "model.lam=1", *short]) == 0
+    whole = json.loads((tmp_path / "whole" / "runs" / "model.lam=1-seed0" / "metrics.json").read_text())
+    run = _interrupted_sweep(tmp_path / "cut", ["--grid", "model.lam=1", *short], monkeypatch)
+    capsys.readouterr()
+    assert main(["sweep", "--out", str(tmp_path / "cut"), "--jobs", "2", "--grid", "model.lam=1,2", *short]) == 0
+    printed = capsys.readouterr().out
+    assert f"-> {run} (resumed), log" in printed and printed.count("(resumed)") == 1
+    assert json.loads((run / "metrics.json").read_text())["mAP"] == pytest.approx(whole["mAP"])
+
+
+def test_jobs_train_runs_side_by_side_in_child_processes_with_the_same_results(base, tmp_path, capsys):
+    args = ["--quiet", "--grid", "model.lam=1,2", "--seeds", "0", *base, "train.iterations=3", "train.eval_every=0",
+            "train.threads=1"]
+    assert main(["sweep", "--out", str(tmp_path / "one"), *args]) == 0
+    capsys.readouterr()
+    assert main(["sweep", "--out", str(tmp_path / "two"), "--jobs", "2", *args]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("[sweep]") == 4 and printed.count(": done") == 2
+    for name in ("model.lam=1-seed0", "model.lam=2-seed0"):
+        alone, side_by_side = (json.loads((tmp_path / d / "runs" / name / "metrics.json").read_text()) for d in ("one", "two"))
+        assert side_by_side["mAP"] == pytest.approx(alone["mAP"])
+        assert (tmp_path / "two" / "logs" / f"{name}.log").is_file()
+    one, two = (json.loads((tmp_path / d / "report.json").read_text())["rows"] for d in ("one", "two"))
+    assert [r["mean"] for r in two] == pytest.approx([r["mean"] for r in one])
+
+
+def test_a_failed_parallel_run_names_its_log_and_the_others_finish(base, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    real = next(o for o in base if o.startswith("data.root=")).split("=", 1)[1]
+    missing = tmp_path / "no-such-dataset"
+    args = ["sweep", "--quiet", "--jobs", "2", "--grid", f"data.root={missing},{real}", "--seeds", "0", "--out", str(out),
+            *base, "train.iterations=2", "train.eval_every=0", "train.threads=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 runs failed" in err and f"data.root={missing} seed 0 (exit 2; log {out / 'logs'}" in err
+    failed, finished = (run_dirs(out, Row(f"data.root={root}", []), 0) for root in (missing, real))
+    assert str(missing) in (out / "logs" / f"{failed.name}.log").read_text()
+    assert (finished / "metrics.json").is_file() and not (failed / "metrics.json").exists()
+    with pytest.raises(SystemExit):
+        main(["sweep", "--jobs", "0", "--out", str(out), *base])
+    assert "argument --jobs: expected an integer >= 1, found '0'" in capsys.readouterr().err
 
 
 def test_report_only_covers_the_finished_runs(base, tmp_path, capsys):

@@ -286,6 +286,7 @@ def _cmd_sweep(args) -> int:
         progress=not args.quiet,
         report_only=args.report_only,
         compare=args.compare,
+        jobs=args.jobs,
     )
     print(Path(args.out, "report.md").read_text())
     print(f"report: {args.out}/report.md, report.json, report.png ({len(report['rows'])} rows)")
@@ -348,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="sweep folder (runs/ and the report)")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the runs finished so far")
     p.add_argument("--compare", metavar="ROW", help="report each row's difference to this row ± its standard error")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="runs trained at once, each its own process (default 1: one after another, in this process)")
     p.add_argument("--quiet", action="store_true")
     _add_overrides(p)
     p.set_defaults(func=_cmd_sweep)

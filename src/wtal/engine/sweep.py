@@ -1,7 +1,8 @@
 """Sweeps: every combination of a grid (or named variants) over several seeds, and a report.
 
 Runs live in ``<out>/runs/<row>-seed<k>/``; a run whose ``metrics.json`` exists is
-skipped, so an interrupted sweep resumes where it stopped. The report gives every
+skipped and one that was stopped before it finished continues from its ``last.pt``
+(``wtal train --resume``), so an interrupted sweep resumes where it stopped. The report gives every
 metric as mean ± std over seeds, the checkpoint rule used, and the exact command
 that reproduces each row. Beside the checkpoint rule the runs used (``train.select``),
 it gives the averages at the last evaluation (the end of training), read from each run's
@@ -12,8 +13,12 @@ wanders during training, and the two columns side by side show by how much.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shlex
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,32 +105,93 @@ def run_sweep(
     progress: bool = False,
     report_only: bool = False,
     compare: str | None = None,
+    jobs: int = 1,
 ) -> dict:
     """Train every (row, seed) not finished yet, then write the report; returns the report dict.
 
     ``report_only`` trains nothing and reports the runs finished so far (a row lists
     the seeds it has; rows without any finished run are left out). ``compare`` names
     a row; the report then gives every row's difference to it (see :func:`summarize`).
+    ``jobs`` > 1 trains that many runs at once, each a ``wtal train`` child process
+    (see :func:`_train_in_parallel`).
     """
     if compare is not None and compare not in {row.name for row in rows}:
         raise WtalError(f"--compare {compare!r}: not a row of this sweep (rows: {[row.name for row in rows]})")
-    from wtal.engine.trainer import train
-
+    if jobs < 1:
+        raise WtalError(f"--jobs: expected >= 1, found {jobs}")
     if not rows or not seeds:
         raise WtalError("wtal sweep: nothing to run (give --grid or --variants, and --seeds)")
     out.mkdir(parents=True, exist_ok=True)
+    todo = []  # (row, seed, run_dir, config) of the runs to train, each config checked here
     for row in [] if report_only else rows:
         for seed in seeds:
             run_dir = run_dirs(out, row, seed)
-            if (run_dir / "metrics.json").is_file():
-                continue
-            cfg = load_config(config, [*base, *row.overrides, f"train.seed={seed}"])
-            cfg.output_dir, cfg.run_name = str(run_dir.parent), run_dir.name
-            print(f"[sweep] {row.name} seed {seed} -> {run_dir}", flush=True)
-            train(cfg, overwrite=True, progress=progress)
+            if not (run_dir / "metrics.json").is_file():
+                todo.append((row, seed, run_dir, load_config(config, [*base, *row.overrides, f"train.seed={seed}"])))
+    if jobs > 1 and len(todo) > 1:
+        _train_in_parallel(config, base, todo, out, jobs)
+    else:
+        for row, seed, run_dir, cfg in todo:
+            _train_one(row, seed, run_dir, cfg, progress)
     report = summarize(config, base, rows, seeds, out, compare)
     write_report(report, out)
     return report
+
+
+def _train_one(row: Row, seed: int, run_dir: Path, cfg, progress: bool) -> None:
+    """Train one run in this process; a run stopped before it finished continues from its last.pt."""
+    from wtal.engine.trainer import train
+
+    cfg.output_dir, cfg.run_name = str(run_dir.parent), run_dir.name
+    resume = (run_dir / "last.pt").is_file()
+    print(f"[sweep] {row.name} seed {seed} -> {run_dir}{' (resumed)' if resume else ''}", flush=True)
+    try:
+        train(cfg, overwrite=not resume, progress=progress, resume=resume)
+    except WtalError as exc:
+        if not resume:
+            raise
+        raise WtalError(f"{exc} (the sweep's runs must keep one config: delete {run_dir} to train it again)") from None
+
+
+def _train_in_parallel(config: str | None, base: list[str], todo: list, out: Path, jobs: int) -> None:
+    """Train the runs ``jobs`` at a time, each as ``python -m wtal train`` (the command the
+    report gives, plus ``--resume`` for a stopped run), its output in ``<out>/logs/<run>.log``.
+
+    Each child gets ``train.threads`` = CPU cores // jobs unless the sweep sets it, so that
+    the children do not oversubscribe the cores. A failed run does not stop the others; the
+    sweep then raises naming every failed run and its log.
+    """
+    given = any(o.startswith("train.threads=") for o in base)
+    threads = [] if given else [f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}"]
+    (out / "logs").mkdir(exist_ok=True)
+    pending, running, failed = list(todo), [], []
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                row, seed, run_dir, _ = pending.pop(0)
+                resume = (run_dir / "last.pt").is_file()
+                command = run_command(config, [*base, *threads], row, seed, run_dir)
+                command = [sys.executable, "-m", *command[:2], *(["--resume"] if resume else ["--overwrite"]), *command[2:]]
+                log = out / "logs" / f"{run_dir.name}.log"
+                with open(log, "w") as stream:
+                    child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                print(f"[sweep] {row.name} seed {seed} -> {run_dir}{' (resumed)' if resume else ''}, log {log}", flush=True)
+                running.append((child, row, seed, log))
+            time.sleep(0.2)
+            for item in [r for r in running if r[0].poll() is not None]:
+                running.remove(item)
+                child, row, seed, log = item
+                status = "done" if child.returncode == 0 else f"failed (exit {child.returncode})"
+                print(f"[sweep] {row.name} seed {seed}: {status}", flush=True)
+                if child.returncode:
+                    failed.append(f"{row.name} seed {seed} (exit {child.returncode}; log {log})")
+    finally:
+        for child, *_ in running:  # interrupted: stop the children, whose last.pt lets a rerun continue
+            child.terminate()
+        for child, *_ in running:
+            child.wait()
+    if failed:
+        raise WtalError(f"{out}: {len(failed)} of {len(todo)} runs failed: " + "; ".join(failed))
 
 
 def summarize(
