@@ -87,9 +87,11 @@ def run_dirs(out: Path, row: Row, seed: int) -> Path:
     return out / "runs" / f"{_slug(row.name)}-seed{seed}"
 
 
-def run_command(config: str | None, base: list[str], row: Row, seed: int, run_dir: Path) -> list[str]:
-    """The ``wtal train`` command line that reproduces one run."""
-    command = ["wtal", "train", "--quiet"]
+def run_command(
+    config: str | None, base: list[str], row: Row, seed: int, run_dir: Path, flags: tuple[str, ...] = ()
+) -> list[str]:
+    """The ``wtal train`` command line that reproduces one run (``flags``, e.g. ``--resume``, after ``train``)."""
+    command = ["wtal", "train", *flags, "--quiet"]
     if config:
         command += ["--config", str(config)]
     command += [*base, *row.overrides, f"train.seed={seed}", f"output_dir={run_dir.parent}", f"run_name={run_dir.name}"]
@@ -170,8 +172,8 @@ def _train_in_parallel(config: str | None, base: list[str], todo: list, out: Pat
             while pending and len(running) < jobs:
                 row, seed, run_dir, _ = pending.pop(0)
                 resume = (run_dir / "last.pt").is_file()
-                command = run_command(config, [*base, *threads], row, seed, run_dir)
-                command = [sys.executable, "-m", *command[:2], *(["--resume"] if resume else ["--overwrite"]), *command[2:]]
+                flag = "--resume" if resume else "--overwrite"
+                command = [sys.executable, "-m", *run_command(config, [*base, *threads], row, seed, run_dir, (flag,))]
                 log = out / "logs" / f"{run_dir.name}.log"
                 with open(log, "w") as stream:
                     child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
