@@ -83,8 +83,8 @@ seeds (reports/thumos14_cpu_paper_co2net_calibrated): CO2-Net 46.8 ± 5.8 avg mA
 45.9 ± 7.2 last; with the TEN and the background loss 57.9 ± 5.6 at both (+11.1 ± 4.7, ahead in
 every seed), above every faithful baseline. Each part helps alone, in every seed, and they add up
 (reports/thumos14_cpu_paper_co2net_calibrated_parts): the background loss alone +2.1 ± 0.2
-(paired by seed), and as much again on top of the TEN (B4 - B3: +1.8, +1.7, seeds 0-1); the TEN
-alone +3.0 and +6.9. Everything below was measured on the preset's first
+(paired by seed), and as much again on top of the TEN (B4 - B3: +1.73 ± 0.05); the TEN
+alone +9.4 ± 4.6 (+3.0, +6.9, +18.2). Everything below was measured on the preset's first
 calibration (``thumos14_k3``, no camera motion) unless it says otherwise.
 On the CO2-Net base (thumos14_k3, CPU budget, 600 iterations, 3 seeds;
 reports/thumos14_cpu_paper_co2net_v2) the parts at these defaults hold: CO2-Net 59.1 ± 1.4
