@@ -24,11 +24,8 @@ PAPER_ANET12 = {"paper (Li et al. 2022)": [41.6, None, None, None, None, 24.8, N
 # widths / 4, CO2-Net's batch of 10 with 3 same-class pairs) with a schedule short enough for
 # generation, training and evaluation to fit in 5 minutes on the slowest 2-core machine measured
 # (2026-12-01): every video resampled to 250 snippets (CO2-Net: 500), 150 iterations at lr 3e-4,
-# one evaluation at the end. Measured there (calibrated preset, seeds 0 / 1, avg mAP(0.1:0.7),
-# attention inside / outside the ground truth, wall time): 55.16 / 47.21, 0.78 / 0.36 and
-# 0.75 / 0.46, 190-245 s; 200 iterations 55.03 / 48.86 in 241-289 s; at 200 iterations lr 5e-4
-# 58.20 / 37.85, 2e-4 52.75 (seed 0), 1e-4 36.20 (seed 0); the cut before (500 snippets, 250
-# iterations at lr 1e-4, two evaluations) 43.97, 0.78 / 0.49, in 602 s.
+# one evaluation at the end. README ("Results", after the demo's rows) gives what each measured
+# cut scored and took there.
 DEMO_FEATURE_DIM = 512
 DEMO_OVERRIDES = [
     "data.sampling=resample",
