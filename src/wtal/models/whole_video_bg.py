@@ -96,7 +96,9 @@ their present defaults (reports/thumos14_cpu_paper_co2net): CO2-Net 58.4 ± 0.9,
 65.7), so those defaults stay.
 On UM's base at UM's budget the parts hurt (one seed: 38.0 best, 17.4 last vs UM's 48.5, 38.5);
 on BaS-Net's they help (one seed: 65.9 best, 62.3 last vs BaS-Net's 59.4, 58.6;
-reports/thumos14_cpu_paper_bases).
+reports/thumos14_cpu_paper_bases). On the calibrated preset (one seed,
+reports/thumos14_cpu_paper_bases_calibrated) UM falls as far (29.2 best, 12.6 last vs UM's
+40.7, 31.4) and BaS-Net gains more (51.4 best, 51.3 last vs 33.2, 32.1).
 Over CO2-Net's full 5,000 iterations (one seed) it does not collapse but drifts as the
 attention closes: at CO2-Net's lr 5e-5 (reports/thumos14_cpu_long_run_lr5e-5) best 65.9 (step
 1250), last 62.9 (-3.0; attention inside the ground truth 0.77 -> 0.59); at the 600-iteration
