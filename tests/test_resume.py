@@ -184,7 +184,7 @@ def test_rng_states_matter(tiny_dataset, tmp_path, reference, monkeypatch):
         _crash_on(patch, TrainBatches, "__next__", 7)
         with pytest.raises(Crash):
             train(cfg, progress=False)
-    monkeypatch.setattr(trainer, "_restore_rng", lambda state, source: torch.manual_seed(123))
+    monkeypatch.setattr(trainer, "restore_rng", lambda state, source: torch.manual_seed(123))
     train(cfg, progress=False, resume=True)
     got, want = load_checkpoint(tmp_path / "run" / "last.pt"), load_checkpoint(reference / "last.pt")
     assert any(not torch.equal(got["model"][k], v) for k, v in want["model"].items())
@@ -268,3 +268,17 @@ def test_atomic_path_keeps_the_old_file_on_error(tmp_path):
     write_text(target, "new\n")
     assert target.read_text() == "new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.json"]
+
+
+def test_resume_under_a_cosine_schedule_with_clipping_matches_uninterrupted(tiny_dataset, tmp_path):
+    schedule = ["train.scheduler=cosine", "train.warmup=6", "train.min_lr=1e-5", "train.grad_clip=0.5",
+                "train.optimizer=adamw"]
+    reference = train(load_config(None, _overrides(tiny_dataset, tmp_path, "ref") + schedule), progress=False).run_dir
+    cfg = load_config(None, _overrides(tiny_dataset, tmp_path, "run") + schedule)
+    with pytest.MonkeyPatch.context() as patch:
+        _crash_on(patch, TrainBatches, "__next__", 23)  # past the warm-up, between two checkpoints
+        with pytest.raises(Crash):
+            train(cfg, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 20
+    train(cfg, progress=False, resume=True)
+    assert_same_run(tmp_path / "run", reference)

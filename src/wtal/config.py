@@ -48,8 +48,16 @@ class DataConfig:
 class TrainConfig:
     iterations: int = 5000  # optimizer steps
     batch_size: int = 10  # videos per step
-    lr: float = 5e-5  # Adam learning rate
-    weight_decay: float = 1e-3  # Adam weight decay
+    optimizer: str = "adam"  # adam (every method's authors') | adamw | sgd
+    lr: float = 5e-5  # learning rate (the peak one under a schedule)
+    weight_decay: float = 1e-3  # weight decay (adam, sgd: L2 added to the gradient; adamw: decoupled)
+    momentum: float = 0.9  # sgd momentum
+    scheduler: str = "none"  # learning-rate schedule after the warm-up: none (constant) | cosine | step
+    warmup: int = 0  # steps of linear warm-up from 0 to lr (any scheduler)
+    min_lr: float = 0.0  # cosine: learning rate at the last step
+    milestones: list[int] = field(default_factory=list)  # step: steps from which lr is multiplied by gamma
+    gamma: float = 0.1  # step: factor at each milestone
+    grad_clip: float = 0.0  # clip the gradients' total norm to this before each step (0: off)
     eval_every: int = 200  # steps between evaluations on the test subset (0: only at the end)
     seed: int = 0  # seeds python, numpy and torch
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
@@ -254,6 +262,8 @@ _CHOICES = {
     ("data", "modality"): ("rgb", "flow", "both"),
     ("data", "sampling"): ("resample", "random_perturb", "uniform", "crop"),
     ("train", "select"): ("best_test", "best_val", "last"),
+    ("train", "optimizer"): ("adam", "adamw", "sgd"),
+    ("train", "scheduler"): ("none", "cosine", "step"),
     ("inference", "proposal_source"): ("attention", "cas", "both"),
     ("inference", "nms"): ("nms", "soft_nms", "none"),
     ("inference", "margin_rule"): ("round", "ceil_floor"),
@@ -293,8 +303,20 @@ def validate(cfg: Config, source: str = "config") -> None:
             f"{source}: train.select: best_val needs held-out training videos; set data.val_fraction "
             "(e.g. data.val_fraction=0.2)"
         )
-    if cfg.train.eval_every < 0:
-        raise WtalError(f"{source}: train.eval_every: expected >= 0, found {cfg.train.eval_every}")
+    for key in ("eval_every", "warmup", "checkpoint_every", "weight_decay", "momentum", "min_lr", "grad_clip"):
+        if not getattr(cfg.train, key) >= 0:
+            raise WtalError(f"{source}: train.{key}: expected >= 0, found {getattr(cfg.train, key)!r}")
+    if not 0 < cfg.train.gamma <= 1:
+        raise WtalError(f"{source}: train.gamma: expected a factor in (0, 1], found {cfg.train.gamma!r}")
+    if any(m < 1 for m in cfg.train.milestones):
+        raise WtalError(f"{source}: train.milestones: expected steps >= 1, found {cfg.train.milestones}")
+    if cfg.train.scheduler == "step" and not cfg.train.milestones:
+        raise WtalError(f"{source}: train.milestones: expected at least one step with train.scheduler=step")
+    if cfg.train.scheduler == "cosine" and not cfg.train.min_lr <= cfg.train.lr:
+        raise WtalError(
+            f"{source}: train.min_lr: expected at most train.lr ({cfg.train.lr!r}) with train.scheduler=cosine, "
+            f"found {cfg.train.min_lr!r}"
+        )
     if not cfg.inference.thresholds:
         raise WtalError(f"{source}: inference.thresholds: expected at least one threshold")
     for key in ("thresholds", "attention_thresholds"):

@@ -32,6 +32,13 @@ results then match an uninterrupted run up to floating-point summation order).
 Under ``torchrun`` (``WORLD_SIZE > 1``) every rank trains its slice of each global
 batch in DistributedDataParallel and rank 0 alone evaluates and writes the run
 directory (see :mod:`wtal.engine.distributed`); all ranks resume from ``last.pt``.
+
+:func:`train` calls named pieces in a fixed order that exact resume depends on (the RNG
+draws of building, then the restored states): :func:`_build` (seeds, data, model, optimizer,
+schedule, sampler), :func:`_open_run` (a new run directory, or the checkpoint's states),
+then per step :func:`_step`, :func:`_evaluate` and :func:`_checkpoint`, and :func:`_finish`.
+They share one :class:`TrainState`. The optimizer and the schedule come from
+:mod:`wtal.engine.optim` (``train.optimizer``, ``train.scheduler``, ``train.grad_clip``).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -49,16 +56,32 @@ import torch
 from tqdm import tqdm
 
 from wtal.config import Config, apply_overrides, config_from_dict, dump_config
+from wtal.data.annotations import Video
 from wtal.data.readers import FeatureDataset, load_dataset
 from wtal.data.sampling import TrainBatches, hold_out
 from wtal.detections import Detections
+from wtal.engine.checkpoint import (
+    MetricsLog,
+    load_checkpoint,
+    restore_rng,
+    resumable_checkpoint,
+    save_checkpoint,
+)
 from wtal.engine.distributed import DistContext, setup
 from wtal.engine.inference import VideoScores, detect, predict, resolve_device, score_detections
+from wtal.engine.optim import LearningRate, make_optimizer, make_scheduler, set_learning_rate
 from wtal.errors import WtalError
-from wtal.io import atomic_path, read_json, write_json, write_text
+from wtal.io import read_json, write_json, write_text
 from wtal.models import build_model
 
 PRIMARY_METRIC = "avg"
+
+# metrics.json's "checkpoint" for each train.select
+CHECKPOINT_RULES = {
+    "best_test": "best test mAP (field practice)",
+    "best_val": "best validation mAP ({n} held-out {subset} videos)",
+    "last": "last",
+}
 
 
 @dataclass
@@ -70,6 +93,39 @@ class RunResult:
     scores: list[VideoScores]
     dataset: FeatureDataset
     detections: Detections | None  # None on the ranks other than 0 under torchrun
+
+
+@dataclass
+class TrainState:
+    """What the pieces of :func:`train` share."""
+
+    cfg: Config
+    dist: DistContext
+    device: torch.device
+    dataset: FeatureDataset
+    test_videos: list[Video]
+    val_videos: list[Video]  # held out of training for train.select=best_val
+    held_out: frozenset[str]
+    fit_names: list[str]  # the training videos trained on, left out of the validation mAP
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_at: LearningRate | None  # None: the optimizer's constant train.lr
+    batches: TrainBatches
+    run_dir: Path = Path()
+    log: MetricsLog | None = None
+    net: torch.nn.Module | None = None  # the model, in DistributedDataParallel under torchrun
+    first_step: int = 1
+    best: float = -math.inf
+    started: float = 0.0  # time.time() of the run's start, less the time before a resume
+    best_scores: list[VideoScores] | None = None  # test scores of best.pt when this process wrote it
+    last_scores: list[VideoScores] | None = None  # test scores of the last evaluation
+    eval_steps: set[int] = field(default_factory=set)
+
+    def save(self, name: str, step: int) -> None:
+        save_checkpoint(
+            self.run_dir / name, self.model, self.optimizer, step, self.best, self.batches, self.cfg,
+            self.log.lines, time.time() - self.started,
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -98,109 +154,6 @@ def make_run_dir(cfg: Config, overwrite: bool) -> Path:
     return run_dir
 
 
-def save_checkpoint(
-    path: Path,
-    model,
-    optimizer,
-    step: int,
-    best: float,
-    batches: TrainBatches,
-    cfg: Config,
-    metrics_lines: int = 0,
-    elapsed: float = 0.0,
-) -> None:
-    """Write a checkpoint atomically; everything in it loads with ``weights_only=True``
-    (tensors, numbers, strings: sampler and python/numpy RNG states are JSON text)."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "best": best,
-        "sampler": json.dumps(batches.state_dict(), default=_jsonable),
-        "config": dump_config(cfg),
-        "metrics_lines": metrics_lines,
-        "elapsed": elapsed,
-        "rng_python": json.dumps(random.getstate()),
-        "rng_numpy": json.dumps(np.random.get_state(), default=_jsonable),
-        "rng_torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["rng_cuda"] = torch.cuda.get_rng_state_all()
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _restore_rng(state: dict, source: Path) -> None:
-    try:
-        version, internal, gauss = json.loads(state["rng_python"])
-        random.setstate((version, tuple(internal), gauss))
-        name, keys, pos, has_gauss, cached = json.loads(state["rng_numpy"])
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(state["rng_torch"])
-        if "rng_cuda" in state and torch.cuda.is_available() and len(state["rng_cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise WtalError(f"{source}: rng states: not restorable ({type(exc).__name__}: {exc})") from None
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-# metrics.json's "checkpoint" for each train.select
-CHECKPOINT_RULES = {
-    "best_test": "best test mAP (field practice)",
-    "best_val": "best validation mAP ({n} held-out {subset} videos)",
-    "last": "last",
-}
-
-# Keys a resumed run may change; everything else must equal the checkpoint's config.
-RESUMABLE_CHANGES = {"train.iterations", "train.threads", "train.device"}
-
-
-def _check_resume_config(cfg: Config, saved_text: str, source: Path) -> None:
-    import yaml
-
-    try:
-        saved = _flatten(yaml.safe_load(saved_text) or {})
-    except (yaml.YAMLError, AttributeError) as exc:
-        raise WtalError(f"{source}: config: not readable ({exc})") from None
-    current = _flatten(yaml.safe_load(dump_config(cfg)))
-    differ = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
-    if differ:
-        details = ", ".join(f"{k}: checkpoint {saved.get(k, '<absent>')!r}, now {current.get(k, '<absent>')!r}" for k in differ)
-        raise WtalError(
-            f"{source}: cannot resume with a different config (only train.iterations, train.threads and "
-            "train.device may change); "
-            f"differing keys: {details}"
-        )
-
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint")
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True`` (no code runs from the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WtalError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise WtalError(f"{path}: not a readable wtal checkpoint ({type(exc).__name__}: {exc})") from None
-
-
 def load_run(run_dir: str | Path, checkpoint: str = "selected", device: str = "cpu", overrides: Sequence[str] = ()):
     """(config, dataset, model) of a finished run; ``checkpoint`` is best, last or selected.
 
@@ -222,43 +175,6 @@ def load_run(run_dir: str | Path, checkpoint: str = "selected", device: str = "c
     model.load_state_dict(state["model"])
     model.to(resolve_device(device)).eval()
     return cfg, dataset, model
-
-
-class MetricsLog:
-    """Append-only JSON lines; each line is flushed so a crash loses at most one line.
-
-    ``keep`` (resume): keep the first ``keep`` lines of the existing file and drop
-    the rest (lines written after the checkpoint, possibly a partial one).
-    """
-
-    def __init__(self, path: Path, keep: int | None = None):
-        self.path = path
-        if keep is None:
-            self.path.write_text("")
-            self.lines = 0
-            return
-        text = self.path.read_text() if self.path.is_file() else ""
-        complete = text.split("\n")[:-1]  # a final line without its newline is partial
-        if len(complete) < keep:
-            raise WtalError(
-                f"{self.path}: has {len(complete)} complete lines, the checkpoint expects at least {keep}; "
-                "the run directory was changed after the checkpoint (start again with --overwrite)"
-            )
-        write_text(self.path, "".join(line + "\n" for line in complete[:keep]))
-        self.lines = keep
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-        self.lines += 1
-
-
-def _checkpoint_scores(path: Path, cfg: Config, dataset: FeatureDataset, test_videos, device) -> list[VideoScores]:
-    """Test-subset scores of the model stored in a checkpoint (a resumed run's best/last)."""
-    model = build_model(cfg.model, dataset.feature_dim, dataset.num_classes).to(device)
-    model.load_state_dict(load_checkpoint(path, map_location=device)["model"])
-    return predict(model, dataset, test_videos, device, cfg.inference)
 
 
 def _on_main(dist: DistContext, make):
@@ -285,34 +201,36 @@ def train(cfg: Config, overwrite: bool = False, progress: bool = True, resume: b
     """
     dist, device = setup(resolve_device(cfg.train.device), cfg.train.batch_size)
     try:
-        return _train(cfg, overwrite, progress, resume, dist, device)
+        saved = resumable_checkpoint(cfg) if resume else None
+        state = _build(cfg, dist, device)
+        _open_run(state, saved, overwrite)
+        bar = tqdm(
+            range(state.first_step, cfg.train.iterations + 1),
+            desc="train",
+            disable=not progress or not dist.is_main,
+            dynamic_ncols=True,
+            initial=state.first_step - 1,
+            total=cfg.train.iterations,
+        )
+        state.model.train()
+        for step in bar:
+            loss = _step(state, step)
+            postfix = {"loss": f"{loss:.4f}"}
+            evaluated = step in state.eval_steps
+            if evaluated and dist.is_main:
+                postfix["mAP"] = f"{_evaluate(state, step):.2f}"
+            if evaluated or step == 1 or step % cfg.train.log_every == 0:
+                bar.set_postfix(postfix)
+            if evaluated or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+                _checkpoint(state, step)
+        bar.close()
+        return _finish(state)
     finally:
         dist.close()
 
 
-def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: DistContext, device) -> RunResult:
-    if cfg.train.checkpoint_every < 0:
-        raise WtalError(f"train.checkpoint_every: expected >= 0, found {cfg.train.checkpoint_every}")
-    if resume:
-        if not cfg.run_name:
-            raise WtalError("--resume: run_name: not set; name the run directory to continue (run_name=NAME)")
-        run_dir = Path(cfg.output_dir) / cfg.run_name
-        if not (run_dir / "last.pt").is_file():
-            raise WtalError(
-                f"{run_dir / 'last.pt'}: --resume: no checkpoint to continue from (the run saved none yet, "
-                "or output_dir/run_name name another run); start it again with --overwrite"
-            )
-        state = load_checkpoint(run_dir / "last.pt")
-        for key in ("model", "optimizer", "step", "best", "sampler", "config", "metrics_lines"):
-            if key not in state:
-                raise WtalError(f"{run_dir / 'last.pt'}: --resume: the checkpoint has no {key!r} (not resumable)")
-        _check_resume_config(cfg, state["config"], run_dir / "last.pt")
-        if state["step"] > cfg.train.iterations:
-            raise WtalError(
-                f"{run_dir / 'last.pt'}: --resume: the checkpoint is at step {state['step']}, past "
-                f"train.iterations={cfg.train.iterations}"
-            )
-
+def _build(cfg: Config, dist: DistContext, device: torch.device) -> TrainState:
+    """Seed, read the data (the held-out split too), build the model, optimizer, schedule and sampler."""
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -323,17 +241,12 @@ def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: Dis
         raise WtalError(f"{dataset.source}: data.train_subset: no videos in subset {cfg.data.train_subset!r}")
     if not test_videos:
         raise WtalError(f"{dataset.source}: data.test_subset: no videos in subset {cfg.data.test_subset!r}")
-
     held_out = (
         frozenset(hold_out([v.name for v in train_videos], cfg.data.val_fraction, cfg.data.val_seed))
         if cfg.data.val_fraction > 0
         else frozenset()
     )
-    val_videos = [v for v in train_videos if v.name in held_out]
-    fit_names = [v.name for v in train_videos if v.name not in held_out]  # left out of validation mAP
-
     model = build_model(cfg.model, dataset.feature_dim, dataset.num_classes).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     batches = TrainBatches(
         dataset,
         cfg.data.train_subset,
@@ -344,132 +257,164 @@ def _train(cfg: Config, overwrite: bool, progress: bool, resume: bool, dist: Dis
         held_out=held_out,
         similar_pairs=getattr(cfg.model, "similar_pairs", 0),
     )
-    first_step, best, elapsed = 1, -math.inf, 0.0
-    if resume:
-        source = run_dir / "last.pt"
+    eval_every = cfg.train.eval_every or cfg.train.iterations + 1
+    return TrainState(
+        cfg=cfg,
+        dist=dist,
+        device=device,
+        dataset=dataset,
+        test_videos=test_videos,
+        val_videos=[v for v in train_videos if v.name in held_out],
+        held_out=held_out,
+        fit_names=[v.name for v in train_videos if v.name not in held_out],
+        model=model,
+        optimizer=make_optimizer(cfg.train, model.parameters()),
+        lr_at=make_scheduler(cfg.train),
+        batches=batches,
+        eval_steps={*range(eval_every, cfg.train.iterations + 1, eval_every), cfg.train.iterations},
+    )
+
+
+def _open_run(state: TrainState, saved: tuple[Path, dict] | None, overwrite: bool) -> None:
+    """A new run directory and log, or (``saved``: the checkpoint's path and contents) the model,
+    optimizer, sampler and RNG states of the checkpoint and its log cut back to that step."""
+    cfg, dist = state.cfg, state.dist
+    elapsed = 0.0
+    if saved is None:
+        state.run_dir = _on_main(dist, lambda: make_run_dir(cfg, overwrite))
+        state.log = _on_main(dist, lambda: MetricsLog(state.run_dir / "metrics.jsonl"))
+    else:
+        source, checkpoint = saved
+        state.run_dir = source.parent
         try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            batches.load_state_dict(json.loads(state["sampler"]))
+            state.model.load_state_dict(checkpoint["model"])
+            state.optimizer.load_state_dict(checkpoint["optimizer"])
+            state.batches.load_state_dict(json.loads(checkpoint["sampler"]))
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise WtalError(f"{source}: --resume: the checkpoint does not fit this model/data ({exc})") from None
-        _restore_rng(state, source)
-        first_step, best = int(state["step"]) + 1, float(state["best"])
-        elapsed = float(state.get("elapsed", 0.0))
-        keep = int(state["metrics_lines"])
-        del state
-        log = _on_main(dist, lambda: MetricsLog(run_dir / "metrics.jsonl", keep=keep))
+        restore_rng(checkpoint, source)
+        state.first_step, state.best = int(checkpoint["step"]) + 1, float(checkpoint["best"])
+        elapsed = float(checkpoint.get("elapsed", 0.0))
+        keep = int(checkpoint["metrics_lines"])
+        state.log = _on_main(dist, lambda: MetricsLog(state.run_dir / "metrics.jsonl", keep=keep))
         if dist.is_main:
-            for stale in run_dir.glob(".*.tmp"):  # atomic writes the killed process never finished
+            for stale in state.run_dir.glob(".*.tmp"):  # atomic writes the killed process never finished
                 stale.unlink()
-    else:
-        run_dir = _on_main(dist, lambda: make_run_dir(cfg, overwrite))
-        log = _on_main(dist, lambda: MetricsLog(run_dir / "metrics.jsonl"))
     if dist.is_main:
-        write_text(run_dir / "config.yaml", dump_config(cfg))
-    net = dist.wrap(model, device)  # model itself for scores, checkpoints, progress
+        write_text(state.run_dir / "config.yaml", dump_config(cfg))
+    state.net = dist.wrap(state.model, state.device)
+    state.started = time.time() - elapsed
 
-    eval_steps = set(range(cfg.train.eval_every, cfg.train.iterations + 1, cfg.train.eval_every or cfg.train.iterations + 1))
-    eval_steps.add(cfg.train.iterations)
-    every = cfg.train.checkpoint_every
 
-    best_scores: list[VideoScores] | None = None
-    last_scores: list[VideoScores] | None = None
-    started = time.time() - elapsed
-    bar = tqdm(
-        range(first_step, cfg.train.iterations + 1),
-        desc="train",
-        disable=not progress or not dist.is_main,
-        dynamic_ncols=True,
-        initial=first_step - 1,
-        total=cfg.train.iterations,
+def _step(state: TrainState, step: int) -> float:
+    """One optimizer step on the next batch; logs the losses every ``train.log_every`` steps and
+    stops on a non-finite loss. Returns the total loss (the global batch's under torchrun)."""
+    cfg, model, dist = state.cfg, state.model, state.dist
+    model.progress = (step - 1) / cfg.train.iterations
+    batch = dist.shard(next(state.batches))  # this rank's slice of the global batch
+    features, mask, labels = (batch[k].to(state.device) for k in ("features", "mask", "labels"))
+    losses = model.loss(state.net(features, mask), labels, mask)
+    total = losses["total"]
+    if dist.enabled:  # global-batch means: the same on every rank, logged and checked
+        reduced = dist.mean(torch.stack([v.detach().float() for v in losses.values()]))
+        losses = dict(zip(losses, reduced))
+    if not torch.isfinite(losses["total"]):
+        _stop_on_non_finite(state, step, losses)
+    if state.lr_at is not None:
+        set_learning_rate(state.optimizer, state.lr_at(step))
+    state.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if cfg.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    state.optimizer.step()
+    if dist.is_main and (step % cfg.train.log_every == 0 or step == 1):
+        record = {"step": step, "split": "train", **{k: round(v.item(), 6) for k, v in losses.items()}}
+        if state.lr_at is not None:
+            record["lr"] = state.optimizer.param_groups[0]["lr"]
+        state.log.write(record)
+    return losses["total"].item()
+
+
+def _stop_on_non_finite(state: TrainState, step: int, losses: dict[str, torch.Tensor]) -> None:
+    last = state.run_dir / "last.pt"
+    kept = (
+        f"the last good checkpoint is {last} (step {load_checkpoint(last)['step']}; resume with --resume "
+        "after changing the config only in train.iterations, or start again with --overwrite)"
+        if last.is_file()
+        else "no checkpoint was saved yet"
     )
-    model.train()
-    for step in bar:
-        model.progress = (step - 1) / cfg.train.iterations
-        batch = dist.shard(next(batches))  # this rank's slice of the global batch
-        features, mask, labels = (batch[k].to(device) for k in ("features", "mask", "labels"))
-        outputs = net(features, mask)
-        losses = model.loss(outputs, labels, mask)
-        total = losses["total"]
-        if dist.enabled:  # global-batch means: the same on every rank, logged and checked
-            reduced = dist.mean(torch.stack([v.detach().float() for v in losses.values()]))
-            losses = dict(zip(losses, reduced))
-        if not torch.isfinite(losses["total"]):
-            last = run_dir / "last.pt"
-            kept = (
-                f"the last good checkpoint is {last} (step {load_checkpoint(last)['step']}; resume with --resume "
-                "after changing the config only in train.iterations, or start again with --overwrite)"
-                if last.is_file()
-                else "no checkpoint was saved yet"
-            )
-            raise WtalError(
-                f"{run_dir}: training stopped at step {step}: the loss is {losses['total'].item()} "
-                f"(components: { {k: v.item() for k, v in losses.items()} }); {kept}. "
-                "Lower train.lr or check the features for extreme values."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        if dist.is_main and (step % cfg.train.log_every == 0 or step == 1):
-            record = {"step": step, "split": "train", **{k: round(v.item(), 6) for k, v in losses.items()}}
-            log.write(record)
-            bar.set_postfix(loss=f"{record['total']:.4f}")
-        evaluated = step in eval_steps
-        if evaluated and dist.is_main:
-            scores = predict(model, dataset, test_videos, device, cfg.inference)
-            result, cls_map = score_detections(detect(scores, dataset, cfg), scores, dataset, cfg)
-            summary = result.summary()
-            log.write({"step": step, "split": "test", **summary, "cls_mAP": cls_map, "seconds": round(time.time() - started, 1)})
-            last_scores = scores
-            selected = summary[PRIMARY_METRIC]
-            if val_videos:
-                val_scores = predict(model, dataset, val_videos, device, cfg.inference)
-                val_result, val_cls = score_detections(
-                    detect(val_scores, dataset, cfg), val_scores, dataset, cfg, cfg.data.train_subset, fit_names
-                )
-                val_summary = val_result.summary()
-                log.write({"step": step, "split": "val", **val_summary, "cls_mAP": val_cls})
-                if cfg.train.select == "best_val":
-                    selected = val_summary[PRIMARY_METRIC]
-            if selected > best:
-                best = selected
-                best_scores = scores
-                # best.pt before last.pt: a crash in between resumes from an older last.pt,
-                # which replays this step and rewrites the same best.pt.
-                save_checkpoint(run_dir / "best.pt", model, optimizer, step, best, batches, cfg, log.lines, time.time() - started)
-            bar.set_postfix(loss=f"{losses['total'].item():.4f}", mAP=f"{summary[PRIMARY_METRIC]:.2f}")
-        if evaluated or (every and step % every == 0):
-            # After everything this step does: the RNG states, sampler and log length are the next step's start.
-            if dist.is_main:
-                save_checkpoint(run_dir / "last.pt", model, optimizer, step, best, batches, cfg, log.lines, time.time() - started)
-            dist.barrier()  # the other ranks wait for rank 0's evaluation and checkpoints
-    bar.close()
-    model.progress = 1.0
-    if not dist.is_main:  # rank 0 writes the final files
-        dist.barrier()
-        return RunResult(run_dir=run_dir, metrics=read_metrics(run_dir), scores=[], dataset=dataset, detections=None)
+    raise WtalError(
+        f"{state.run_dir}: training stopped at step {step}: the loss is {losses['total'].item()} "
+        f"(components: { {k: v.item() for k, v in losses.items()} }); {kept}. "
+        "Lower train.lr or check the features for extreme values."
+    )
 
+
+def _evaluate(state: TrainState, step: int) -> float:
+    """Test (and held-out) detection mAP, logged; best.pt when the selection metric improves.
+    Returns the test average mAP. Rank 0 only."""
+    cfg, dataset, model, device = state.cfg, state.dataset, state.model, state.device
+    scores = predict(model, dataset, state.test_videos, device, cfg.inference)
+    result, cls_map = score_detections(detect(scores, dataset, cfg), scores, dataset, cfg)
+    summary = result.summary()
+    state.log.write({"step": step, "split": "test", **summary, "cls_mAP": cls_map, "seconds": round(time.time() - state.started, 1)})
+    state.last_scores = scores
+    selected = summary[PRIMARY_METRIC]
+    if state.val_videos:
+        val_scores = predict(model, dataset, state.val_videos, device, cfg.inference)
+        val_result, val_cls = score_detections(
+            detect(val_scores, dataset, cfg), val_scores, dataset, cfg, cfg.data.train_subset, state.fit_names
+        )
+        val_summary = val_result.summary()
+        state.log.write({"step": step, "split": "val", **val_summary, "cls_mAP": val_cls})
+        if cfg.train.select == "best_val":
+            selected = val_summary[PRIMARY_METRIC]
+    if selected > state.best:
+        state.best = selected
+        state.best_scores = scores
+        # best.pt before last.pt: a crash in between resumes from an older last.pt,
+        # which replays this step and rewrites the same best.pt.
+        state.save("best.pt", step)
+    return summary[PRIMARY_METRIC]
+
+
+def _checkpoint(state: TrainState, step: int) -> None:
+    """last.pt, after everything this step does: the RNG states, sampler and log length are the
+    next step's start."""
+    if state.dist.is_main:
+        state.save("last.pt", step)
+    state.dist.barrier()  # the other ranks wait for rank 0's evaluation and checkpoints
+
+
+def _finish(state: TrainState) -> RunResult:
+    """Detections and metrics.json of the checkpoint ``train.select`` chose (rank 0 writes them)."""
+    cfg, dist, run_dir = state.cfg, state.dist, state.run_dir
+    state.model.progress = 1.0
+    if not dist.is_main:
+        dist.barrier()
+        return RunResult(run_dir=run_dir, metrics=read_metrics(run_dir), scores=[], dataset=state.dataset, detections=None)
     select_best = cfg.train.select != "last"
     chosen_path = run_dir / ("best.pt" if select_best else "last.pt")
-    chosen = best_scores if select_best else last_scores
+    chosen = state.best_scores if select_best else state.last_scores
     if chosen is None:  # resumed after the chosen checkpoint was written: score it again
-        chosen = _checkpoint_scores(chosen_path, cfg, dataset, test_videos, device)
-    detections = detect(chosen, dataset, cfg)
+        model = build_model(cfg.model, state.dataset.feature_dim, state.dataset.num_classes).to(state.device)
+        model.load_state_dict(load_checkpoint(chosen_path, map_location=state.device)["model"])
+        chosen = predict(model, state.dataset, state.test_videos, state.device, cfg.inference)
+    detections = detect(chosen, state.dataset, cfg)
     detections.save(run_dir / "detections.json")
-    result, cls_map = score_detections(detections, chosen, dataset, cfg)
+    result, cls_map = score_detections(detections, chosen, state.dataset, cfg)
     metrics = {
         **result.to_json(),
         "cls_mAP": cls_map,
-        "checkpoint": CHECKPOINT_RULES[cfg.train.select].format(n=len(val_videos), subset=cfg.data.train_subset),
+        "checkpoint": CHECKPOINT_RULES[cfg.train.select].format(n=len(state.val_videos), subset=cfg.data.train_subset),
         "step": int(load_checkpoint(chosen_path)["step"]),
-        "train_seconds": round(time.time() - started, 1),
-        "device": str(device),
-        **({"held_out": sorted(held_out)} if held_out else {}),
+        "train_seconds": round(time.time() - state.started, 1),
+        "device": str(state.device),
+        **({"held_out": sorted(state.held_out)} if state.held_out else {}),
     }
     write_json(run_dir / "metrics.json", metrics)
     dist.barrier()
-    return RunResult(run_dir=run_dir, metrics=metrics, scores=chosen, dataset=dataset, detections=detections)
+    return RunResult(run_dir=run_dir, metrics=metrics, scores=chosen, dataset=state.dataset, detections=detections)
 
 
 def read_metrics(run_dir: str | Path) -> dict:
