@@ -5,6 +5,7 @@ from wtal.models.registry import ModelConfig, available_models, build_model, reg
 from wtal.models import whole_video_bg  # noqa: F401  (registers "whole_video_bg")
 from wtal.models import um  # noqa: F401  (registers "um")
 from wtal.models import co2net  # noqa: F401  (registers "co2net")
+from wtal.models import delu  # noqa: F401  (registers "delu")
 from wtal.models import mil  # noqa: F401  (registers "mil")
 from wtal.models import basnet  # noqa: F401  (registers "basnet")
 from wtal.models import wtalc  # noqa: F401  (registers "wtalc")
