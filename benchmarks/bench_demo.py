@@ -28,8 +28,8 @@ from wtal.cli import DEMO_OVERRIDES
 
 SMOKE_OVERRIDES = [
     "train.threads=1",
-    "model.base_config.embed_dim=32",
-    "model.base_config.attention_dim=16",
+    "model.base.embed_dim=32",
+    "model.base.attention_dim=16",
     "data.max_seqlen=64",
     "train.batch_size=8",
     "train.iterations=4",

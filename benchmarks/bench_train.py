@@ -67,10 +67,9 @@ def overrides(args, data: Path, embed_dim: str) -> list[str]:
     if args.max_seqlen:
         items.append(f"data.max_seqlen={args.max_seqlen}")
     if embed_dim:
-        # The paper's model on a registered base takes the base's width (model.base_config.embed_dim).
-        probe = load_config(args.config, items + list(args.set)).model
-        on_base = getattr(probe, "base", "plain") != "plain"
-        items.append(f"model.{'base_config.' if on_base else ''}embed_dim={embed_dim}")
+        # The paper's model takes its base's width (model.base.embed_dim).
+        on_base = hasattr(load_config(args.config, items + list(args.set)).model, "base")
+        items.append(f"model.{'base.' if on_base else ''}embed_dim={embed_dim}")
     return items + list(args.set)
 
 
@@ -136,7 +135,7 @@ def measure(args, data: Path, embed_dim: str) -> dict:
         score_detections(detect(scores, dataset, cfg), scores, dataset, cfg)
         sync()
         eval_s = time.perf_counter() - started
-    widths = cfg.model.base_model_config() if hasattr(cfg.model, "base_model_config") else cfg.model
+    widths = getattr(cfg.model, "base", cfg.model)  # the paper's model: its base's widths
     return {
         "model": cfg.model.name,
         "embed_dim": getattr(widths, "embed_dim", None),
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="YAML config to start from (default: wtal's THUMOS14 defaults)")
     p.add_argument("--model", default="whole_video_bg", help="any registered model name")
     p.add_argument("--embed-dims", default=None, help="comma list of model.embed_dim values (the paper's model on a registered base: "
-                   "model.base_config.embed_dim; default 2048,256; smoke 32; '' keeps the config's)")
+                   "model.base.embed_dim; default 2048,256; smoke 32; '' keeps the config's)")
     p.add_argument("--iterations", type=int, default=None, help="measured steps per width (default 20; smoke 3)")
     p.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (default 2; smoke 1)")
     p.add_argument("--batch-size", type=int, default=None, help="train.batch_size (default: the config's, 10; smoke 8)")

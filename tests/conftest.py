@@ -34,7 +34,7 @@ def tiny_run_overrides(tiny_dataset, tmp_path):
 @pytest.fixture
 def tiny_overrides(tiny_run_overrides):
     """A quick run of the default model (the paper's, on its CO2-Net base) at small widths."""
-    return [*tiny_run_overrides, "model.base_config.embed_dim=32", "model.base_config.attention_dim=16"]
+    return [*tiny_run_overrides, "model.base.embed_dim=32", "model.base.attention_dim=16"]
 
 
 @pytest.fixture(scope="session")

@@ -137,7 +137,7 @@ def test_synth_refuses_to_overwrite(tmp_path, capsys):
 def test_demo_on_a_small_dataset(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--quiet", "--out", str(out), "--data", str(tiny_dataset),
-                 "model.base_config.embed_dim=32", "model.base_config.attention_dim=16",
+                 "model.base.embed_dim=32", "model.base.attention_dim=16",
                  "data.max_seqlen=64", "train.iterations=6", "train.eval_every=3"])
     assert code == 0
     text = capsys.readouterr().out
@@ -155,8 +155,8 @@ def test_demo_names_its_own_older_dataset(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "demo"
     shutil.copytree(tiny_dataset, out / "data")
     tiny = (tiny_dataset / "dataset.yaml").read_text()
-    args = ["demo", "--quiet", "--out", str(out), "model.base_config.embed_dim=32",
-            "model.base_config.attention_dim=16", "data.max_seqlen=64", "train.iterations=2", "train.eval_every=0"]
+    args = ["demo", "--quiet", "--out", str(out), "model.base.embed_dim=32",
+            "model.base.attention_dim=16", "data.max_seqlen=64", "train.iterations=2", "train.eval_every=0"]
     assert main(args) == 0
     assert re.search(r"note: an older demo wrote these features; today's preset at 512-d differs in "
                      r"action_like_background, .* and \d+ more; wtal demo --overwrite regenerates them",

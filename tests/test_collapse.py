@@ -20,8 +20,8 @@ from wtal.evaluate import attention_inside_outside
 
 CONFIG = "configs/activitynet_synthetic.yaml"
 BASES = {  # the config's model: the paper's, on its default CO2-Net base with k 5
-    "co2net": ["model.base_config.embed_dim=32", "model.base_config.attention_dim=16"],
-    "plain": ["model.base=plain", "model.base_config={}", "model.topk_r=5", "model.embed_dim=32", "model.attention_dim=16"],
+    "co2net": ["model.base.embed_dim=32", "model.base.attention_dim=16"],
+    "plain": ["model.base=plain", "model.base.topk_r=5", "model.base.embed_dim=32", "model.base.attention_dim=16"],
 }
 
 

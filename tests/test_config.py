@@ -36,8 +36,8 @@ def test_protocol_defaults():
     assert thumos.data.snippet_seconds == pytest.approx(16 / 25)
     assert thumos.eval.ambiguous_filter and thumos.eval.thresholds == "thumos"
     anet = load_config(CONFIGS[0].parent / "activitynet12.yaml")
-    assert (anet.data.max_seqlen, anet.model.base_model_config().topk_r, anet.eval.thresholds) == (60, 5, "anet")
-    assert (thumos.model.base, thumos.data.sampling, thumos.data.max_seqlen) == ("co2net", "resample", 500)
+    assert (anet.data.max_seqlen, anet.model.base.topk_r, anet.eval.thresholds) == (60, 5, "anet")
+    assert (thumos.model.base.name, thumos.data.sampling, thumos.data.max_seqlen) == ("co2net", "resample", 500)
 
 
 def test_overrides_are_typed():
@@ -71,3 +71,54 @@ def test_bad_yaml_file(tmp_path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(WtalError, match="c.yaml: expected a mapping"):
         load_config(path)
+
+
+# One bad value for every inference key: each is refused by load_config, naming the key.
+BAD_INFERENCE = {
+    "pipeline": "fastest",
+    "test_seqlen": -1,
+    "test_resample": "some",
+    "class_threshold": ".nan",
+    "class_inclusive": "maybe",
+    "class_fallback": 2,
+    "video_topk_divisor": 0,
+    "proposal_source": "flow",
+    "thresholds": "[]",
+    "attention_thresholds": "[.nan]",
+    "normalize": "yes please",
+    "inclusive": 0,
+    "require_positive": "x",
+    "upsample": 0,
+    "upsample_mode": "cubic",
+    "min_length": -2,
+    "segment_score": "mean",
+    "zero_below_threshold": "no way",
+    "outer_margin": -0.1,
+    "margin_rule": "floor",
+    "class_score_weight": ".inf",
+    "class_score": "rank",
+    "clip_to_duration": 5,
+    "dedup": "twice",
+    "nms": "greedy",
+    "nms_iou": 1.5,
+    "nms_inclusive": "x",
+    "soft_nms_sigma": 0,
+    "nms_length_offset": -1,
+    "nms_offset_unit": "frames",
+    "max_per_video": -5,
+}
+
+
+def test_every_inference_key_has_a_bad_value_here():
+    from dataclasses import fields
+
+    from wtal.localize import InferenceConfig
+
+    assert set(BAD_INFERENCE) == {f.name for f in fields(InferenceConfig)}
+
+
+@pytest.mark.parametrize("model", ["whole_video_bg", "co2net", "um"])
+@pytest.mark.parametrize("key", sorted(BAD_INFERENCE))
+def test_a_bad_inference_value_is_refused_at_load_naming_the_key(key, model):
+    with pytest.raises(WtalError, match=re.escape(f"inference.{key}")):
+        load_config(None, [f"model.name={model}", f"inference.{key}={BAD_INFERENCE[key]}"])

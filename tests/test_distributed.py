@@ -30,9 +30,9 @@ def _overrides(data, out, name, iterations=6, batch_size=8):
         f"output_dir={out}",
         f"run_name={name}",
         "model.base=plain",  # every loss a mean over videos (CO2-Net's co-activity term is one over pairs)
-        "model.embed_dim=32",
-        "model.dropout=0",
-        "model.attention_dropout=0",
+        "model.base.embed_dim=32",
+        "model.base.dropout=0",
+        "model.base.attention_dropout=0",
         "data.max_seqlen=64",
         f"train.batch_size={batch_size}",
         f"train.iterations={iterations}",

@@ -244,7 +244,7 @@ def test_detect_end_to_end_on_a_real_video(short_clip, i3d_weights, tmp_path, ca
     data = generate("tiny", tmp_path / "data", seed=0, feature_dim=2048)  # rgb = 1024 columns, as I3D
     overrides = [
         f"data.root={data}", f"output_dir={tmp_path / 'runs'}", "run_name=run", "data.modality=rgb",
-        "data.feature_dim=2048", "model.base=plain", "model.embed_dim=32", "data.max_seqlen=64", "train.batch_size=8",
+        "data.feature_dim=2048", "model.base=plain", "model.base.embed_dim=32", "data.max_seqlen=64", "train.batch_size=8",
         "train.iterations=10", "train.eval_every=10", "train.log_every=5",
     ]
     run = train(load_config(None, overrides), progress=False).run_dir

@@ -227,32 +227,14 @@ def test_post_processing_reproduces_the_authors_proposals_before_their_length_fi
         np.testing.assert_array_equal(before[before[:, 1] - before[:, 0] > 1], pp[f"v{v}/proposals"])
 
 
-def test_default_post_processing_keeps_the_authors_segments(ref, pp):
-    """With ``min_length`` 2 (their filter, but before the soft-NMS) the segments and classes are theirs."""
+def test_default_post_processing_reproduces_the_authors_final_proposals(ref, pp):
+    """DELU's pipeline (the length filter after the soft-NMS) gives their test.py's final proposals,
+    scores included; the same filter before the soft-NMS keeps their segments but not their scores."""
     model = authors_model(ref)
     cfg = load_config(None, ["model.name=delu"]).inference
-    for v in range(len(pp["lengths"])):
-        outputs = recorded_outputs(pp, v)
-        mask = torch.ones(outputs["attention"].shape, dtype=torch.bool)
-        with torch.no_grad():
-            scores = {k: x[0].numpy() for k, x in model.scores(outputs, mask, cfg.video_topk_divisor).items()}
-        label, start, end, _ = localize_video(
-            scores["attention"], scores["cas"], scores["video_scores"], SNIPPET_SECONDS, 0.0, cfg
-        )
-        ours = np.column_stack([start / SNIPPET_SECONDS, end / SNIPPET_SECONDS, label])
-        theirs = pp[f"v{v}/proposals"][:, [0, 1, 3]]
-        np.testing.assert_allclose(ours[np.lexsort(ours.T[::-1])], theirs[np.lexsort(theirs.T[::-1])], atol=1e-5)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="DELU's test.py drops proposals of <= 1 snippet AFTER the per-class soft-NMS; InferenceConfig.min_length "
-    "drops them before it, so a dropped short proposal no longer lowers the scores of those it overlaps "
-    "(no inference key applies a length filter after NMS)",
-)
-def test_default_post_processing_reproduces_the_authors_final_proposals(ref, pp):
-    model = authors_model(ref)
-    _localize_check(model, pp, load_config(None, ["model.name=delu"]).inference, "proposals")
+    _localize_check(model, pp, cfg, "proposals")
+    with pytest.raises(AssertionError):
+        _localize_check(model, pp, dataclasses.replace(cfg, pipeline="multi_threshold"), "proposals")
 
 
 def test_the_authors_inference_settings_are_the_default_and_overrides_win():
@@ -260,7 +242,8 @@ def test_the_authors_inference_settings_are_the_default_and_overrides_win():
     assert cfg.thresholds == pytest.approx([0.1 + k * 0.8 / 19 for k in range(20)])
     assert cfg.min_length == 2 and (cfg.normalize, cfg.inclusive, cfg.dedup) == (False, False, False)
     co2net = load_config(None, ["model.name=co2net"]).inference
-    assert dataclasses.replace(cfg, thresholds=co2net.thresholds, min_length=co2net.min_length) == co2net
+    assert cfg.pipeline == "delu"
+    assert dataclasses.replace(cfg, pipeline=co2net.pipeline, thresholds=co2net.thresholds, min_length=co2net.min_length) == co2net
     assert load_config(None, ["model.name=delu", "inference.min_length=0"]).inference.min_length == 0
 
 
@@ -340,7 +323,7 @@ def test_config_file_spells_out_the_authors_thumos14_settings():
     assert (cfg.data.sampling, cfg.data.max_seqlen) == ("resample", 320)
     assert (cfg.train.iterations, cfg.train.batch_size, cfg.train.lr, cfg.train.weight_decay) == (5000, 10, 5e-5, 1e-3)
     assert (cfg.train.eval_every, cfg.train.select) == (50, "best_test")
-    assert cfg.inference.thresholds == DELUConfig.inference_defaults["thresholds"]
+    assert cfg.inference == DELUConfig.inference_defaults
 
 
 def test_cpu_budget_row_loads_at_the_budget():

@@ -21,6 +21,7 @@ import yaml
 
 from wtal.errors import WtalError
 from wtal.io import read_yaml_mapping
+from wtal.localize import InferenceConfig
 from wtal.models.registry import ModelConfig, model_config_class
 
 
@@ -65,46 +66,6 @@ class TrainConfig:
     select: str = "best_test"  # final checkpoint: best_test (field practice) | best_val | last
     log_every: int = 20  # steps between training-loss lines in metrics.jsonl
     checkpoint_every: int = 100  # steps between last.pt checkpoints besides evaluations (0: evaluations only)
-
-
-@dataclass
-class InferenceConfig:
-    """Post-processing (``wtal.localize``). These are the defaults of a model that declares none;
-    a model config's ``inference_defaults`` (its authors' post-processing) replaces them, and
-    ``inference.*`` keys in a YAML file or an override replace both."""
-
-    test_seqlen: int = 0  # score each test video on this many snippets, at floor(i * T / n) (0: all its T snippets)
-    test_resample: str = "longer"  # longer: resample only videos longer than test_seqlen | all: every video
-    class_threshold: float = 0.2  # keep classes whose video score passes this (class_inclusive, class_fallback)
-    class_inclusive: bool = True  # a class passes when its video score >= class_threshold (false: > it)
-    class_fallback: bool = True  # when no class passes, keep the best one (false: the video gets no detections)
-    video_topk_divisor: int = 10  # video score: mean of top T // divisor snippets
-    proposal_source: str = "attention"  # attention | cas | both: what is thresholded
-    thresholds: list[float] = field(
-        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-    )  # proposal thresholds (of the cas; of the attention too unless attention_thresholds is set)
-    attention_thresholds: list[float] = field(default_factory=list)  # thresholds of the attention (empty: thresholds)
-    normalize: bool = True  # min-max normalise each proposal sequence before thresholding (false: raw values)
-    inclusive: bool = True  # a snippet is active when its value >= the threshold (false: > the threshold)
-    require_positive: bool = False  # an active snippet must also be > 0
-    upsample: int = 1  # upsample each proposal and scoring sequence this many times before thresholding
-    upsample_mode: str = "repeat"  # repeat: each snippet upsample times | linear: interpolate and extrapolate
-    min_length: int = 0  # drop candidates shorter than this many (upsampled) snippets
-    segment_score: str = "contrast"  # contrast: outer-inner contrast of the cas | max: the cas's maximum inside
-    zero_below_threshold: bool = False  # score a cas candidate on the cas with values below its threshold set to 0
-    outer_margin: float = 0.25  # outer-inner contrast margin, as a fraction of the length
-    margin_rule: str = "round"  # round: max(1, round(m * len)) each side | ceil_floor: ceil before, floor after
-    class_score_weight: float = 0.2  # weight of the class term added to each segment's score
-    class_score: str = "score"  # class term: score: the video score | binary: 1 if the class passed class_threshold
-    clip_to_duration: bool = True  # clip segments to [0, duration] when the video's duration is known
-    dedup: bool = True  # merge candidates with the same class, start and end (keeping the best) before NMS
-    nms: str = "nms"  # nms | soft_nms | none
-    nms_iou: float = 0.6  # IoU for hard NMS
-    nms_inclusive: bool = False  # hard NMS drops boxes whose IoU >= nms_iou (false: > nms_iou)
-    soft_nms_sigma: float = 0.3  # Gaussian soft-NMS sigma
-    nms_length_offset: float = 0.0  # added to each length and overlap in NMS IoU, in nms_offset_unit
-    nms_offset_unit: str = "snippets"  # unit of nms_length_offset: snippets (upsampled) | seconds
-    max_per_video: int = 100  # keep the best detections per video after NMS (0: all)
 
 
 @dataclass
@@ -176,18 +137,54 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     if not isinstance(values, Mapping):
         raise WtalError(f"{where}: expected a mapping, found {values!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise WtalError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+        raise WtalError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(fields)}{_nested_hint(cls, values, unknown, where)}")
     kwargs = {}
     for key, value in values.items():
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if hint is ModelConfig:
+            kwargs[key] = _build_model_config(value, f"{where}.{key}", fields[key].default_factory().name)
+        elif dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, f"{where}.{key}")
         else:
             kwargs[key] = _convert(value, hint, f"{where}.{key}")
     return cls(**kwargs)
+
+
+def _nested_hint(cls: type, values: Mapping[str, Any], unknown: list[str], where: str) -> str:
+    """Where an unknown key is a key of a nested model config (the paper's model's base), say so."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if hints[f.name] is not ModelConfig:
+            continue
+        chosen = values.get(f.name)
+        chosen = chosen.get("name") if isinstance(chosen, Mapping) else chosen
+        try:
+            nested = model_config_class(chosen) if isinstance(chosen, str) else type(f.default_factory())
+        except WtalError:
+            continue
+        own = [k for k in unknown if k in {g.name for g in dataclasses.fields(nested)}]
+        if own:
+            section = where.rsplit(": ", 1)[-1]
+            return f"; the {f.name}'s key is " + ", ".join(f"{section}.{f.name}.{k}" for k in own)
+    return ""
+
+
+def _build_model_config(values: Any, where: str, default_name: str) -> ModelConfig:
+    """A registered model's config from its mapping (or its name alone), ``name`` selecting the class."""
+    values = {"name": values} if isinstance(values, str) else values
+    if not isinstance(values, Mapping):
+        raise WtalError(f"{where}: expected a model name or a mapping of its keys, found {values!r}")
+    name = values.get("name", default_name)
+    if not isinstance(name, str):
+        raise WtalError(f"{where}.name: expected a string, found {name!r}")
+    try:
+        config_class = model_config_class(name)
+    except WtalError as exc:
+        raise WtalError(f"{where}.name: {str(exc).removeprefix('model.name: ')}") from None
+    return _build(config_class, {**values, "name": name}, where)
 
 
 def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Config:
@@ -195,33 +192,35 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Confi
     import wtal.models  # noqa: F401  (registers the models)
 
     values = dict(values or {})
-    model_values = dict(values.pop("model", None) or {})
-    model_name = model_values.get("name", DEFAULT_MODEL)
-    if not isinstance(model_name, str):
-        raise WtalError(f"{source}: model.name: expected a string, found {model_name!r}")
-    try:
-        model_cls = model_config_class(model_name)
-    except WtalError as exc:
-        raise WtalError(f"{source}: {exc}") from None
-    model_values["name"] = model_name
+    model_values = values.pop("model", None) or {}
+    model = _build_model_config(model_values, f"{source}: model", DEFAULT_MODEL)
     inference_values = values.get("inference")
     if inference_values is None or isinstance(inference_values, Mapping):
         # The model's own post-processing first, then what the file or the overrides say.
-        values["inference"] = {**model_cls.inference_defaults_for(model_values), **(inference_values or {})}
+        own = model_values if isinstance(model_values, Mapping) else {}
+        defaults = dataclasses.asdict(type(model).inference_defaults_for(own))
+        values["inference"] = {**defaults, **(inference_values or {})}
     cfg = _build(Config, values, source)
-    cfg.model = _build(model_cls, model_values, f"{source}: model")
+    cfg.model = model
     validate(cfg, source)
     return cfg
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``dotted`` in the nested ``tree``. A model section (``model``, ``model.base``) may be
+    given by its name alone: a string there and a section under it are one section with that name."""
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
+        if isinstance(node.get(key), str):
+            node[key] = {"name": node[key]}
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise WtalError(f"override {dotted}: '{key}' is not a section")
-    node[keys[-1]] = value
+    if isinstance(value, str) and isinstance(node.get(keys[-1]), dict):
+        node[keys[-1]]["name"] = value
+    else:
+        node[keys[-1]] = value
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
@@ -264,14 +263,6 @@ _CHOICES = {
     ("train", "select"): ("best_test", "best_val", "last"),
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "scheduler"): ("none", "cosine", "step"),
-    ("inference", "proposal_source"): ("attention", "cas", "both"),
-    ("inference", "nms"): ("nms", "soft_nms", "none"),
-    ("inference", "margin_rule"): ("round", "ceil_floor"),
-    ("inference", "test_resample"): ("longer", "all"),
-    ("inference", "upsample_mode"): ("repeat", "linear"),
-    ("inference", "segment_score"): ("contrast", "max"),
-    ("inference", "class_score"): ("score", "binary"),
-    ("inference", "nms_offset_unit"): ("snippets", "seconds"),
     ("eval", "units"): ("seconds", "snippets"),
 }
 _POSITIVE = {
@@ -281,8 +272,6 @@ _POSITIVE = {
     ("train", "iterations"),
     ("train", "batch_size"),
     ("train", "lr"),
-    ("inference", "video_topk_divisor"),
-    ("inference", "upsample"),
 }
 
 
@@ -317,22 +306,7 @@ def validate(cfg: Config, source: str = "config") -> None:
             f"{source}: train.min_lr: expected at most train.lr ({cfg.train.lr!r}) with train.scheduler=cosine, "
             f"found {cfg.train.min_lr!r}"
         )
-    if not cfg.inference.thresholds:
-        raise WtalError(f"{source}: inference.thresholds: expected at least one threshold")
-    for key in ("thresholds", "attention_thresholds"):
-        values = getattr(cfg.inference, key)
-        if cfg.inference.normalize and not all(0.0 <= t <= 1.0 for t in values):
-            raise WtalError(
-                f"{source}: inference.{key}: expected values in [0, 1] (the proposal sequence is min-max "
-                f"normalised), found {values}"
-            )
-    for key in ("test_seqlen", "min_length", "max_per_video"):
-        if getattr(cfg.inference, key) < 0:
-            raise WtalError(f"{source}: inference.{key}: expected >= 0, found {getattr(cfg.inference, key)!r}")
-    if cfg.inference.nms_length_offset < 0:
-        raise WtalError(
-            f"{source}: inference.nms_length_offset: expected >= 0, found {cfg.inference.nms_length_offset!r}"
-        )
+    cfg.inference.validate(source)
     if hasattr(cfg.model, "validate"):
         cfg.model.validate(source)
     if cfg.model.two_streams() and cfg.data.modality != "both":

@@ -8,17 +8,13 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from wtal.config import Config, InferenceConfig
+from wtal.config import Config
 from wtal.data.annotations import Video
 from wtal.data.readers import FeatureDataset
 from wtal.data.sampling import pad_batch
 from wtal.detections import Detections
-from wtal.errors import WtalError
 from wtal.evaluate import DetectionResult, classification_map, evaluate_detection, resolve_thresholds
-from wtal.localize import localize
-
-TEST_RESAMPLE = ("longer", "all")
-
+from wtal.localize import InferenceConfig, localize
 
 @dataclass
 class VideoScores:
@@ -52,10 +48,6 @@ def scored_snippets(length: int, seqlen: int = 0, resample: str = "longer") -> n
     ``resample="longer"`` only a video longer than ``seqlen`` (UM; a shorter one keeps its own
     snippets), with ``"all"`` every video (BaS-Net; a shorter one repeats snippets).
     """
-    if resample not in TEST_RESAMPLE:
-        raise WtalError(f"inference.test_resample: expected one of {list(TEST_RESAMPLE)}, found {resample!r}")
-    if seqlen < 0:
-        raise WtalError(f"inference.test_seqlen: expected >= 0, found {seqlen!r}")
     if seqlen == 0 or (resample == "longer" and length <= seqlen):
         return np.arange(length)
     return np.arange(seqlen) * length // seqlen

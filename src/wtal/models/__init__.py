@@ -2,6 +2,7 @@
 
 from wtal.models.base import WtalModel
 from wtal.models.registry import ModelConfig, available_models, build_model, register_model
+from wtal.models import plain  # noqa: F401  (registers "plain")
 from wtal.models import whole_video_bg  # noqa: F401  (registers "whole_video_bg")
 from wtal.models import um  # noqa: F401  (registers "um")
 from wtal.models import co2net  # noqa: F401  (registers "co2net")

@@ -69,6 +69,7 @@ from torch import Tensor, nn
 
 from wtal.losses import topk_mean, video_cross_entropy
 from wtal.models.base import Enhance, WtalModel
+from wtal.localize import InferenceConfig
 from wtal.models.registry import ModelConfig, register_model
 
 NEGATIVE_SLOPE = 0.01  # LeakyReLU slope (PyTorch's default, as in the authors' code) [BaS-Net code]
@@ -87,6 +88,37 @@ AUTHORS_STATE_DICT_NAMES = {
 }
 
 
+# BaS-Net's test code (test.py and utils.py), which UM's (the same authors) starts from: every test
+# video scored on 750 snippets, the CAS upsampled 24 times by linear interpolation, runs above each
+# of 0, 0.025, ..., 0.225 (and > 0) scored on the CAS zeroed below the threshold by outer-inner
+# contrast (ceil / floor margins), no clipping, per-class hard NMS dropping IoU >= 0.7 with 1 s
+# added to lengths and overlaps, no cap; classes with a video score >= 0.25, none when no class
+# passes, plus 0.2 x the binarised class score.
+BASNET_INFERENCE = InferenceConfig(
+    test_seqlen=750,
+    test_resample="all",
+    class_threshold=0.25,
+    class_fallback=False,
+    video_topk_divisor=8,
+    proposal_source="cas",
+    thresholds=[float(t) for t in np.arange(0.0, 0.25, 0.025)],
+    normalize=False,
+    require_positive=True,
+    upsample=24,
+    upsample_mode="linear",
+    zero_below_threshold=True,
+    margin_rule="ceil_floor",
+    class_score="binary",
+    clip_to_duration=False,
+    dedup=False,
+    nms_iou=0.7,
+    nms_inclusive=True,
+    nms_length_offset=1.0,
+    nms_offset_unit="seconds",
+    max_per_video=0,
+)
+
+
 @dataclass
 class BaSNetConfig(ModelConfig):
     name: str = "basnet"
@@ -99,42 +131,15 @@ class BaSNetConfig(ModelConfig):
 
     # The authors' post-processing (test.py, utils.upgrade_resolution, get_proposal_oic and nms);
     # inference.* keys override.
-    inference_defaults: ClassVar[dict] = {
-        "test_seqlen": 750,
-        "test_resample": "all",
-        "class_threshold": 0.25,
-        "class_inclusive": True,
-        "class_fallback": False,
-        "video_topk_divisor": 8,
-        "proposal_source": "cas",
-        "thresholds": [float(t) for t in np.arange(0.0, 0.25, 0.025)],
-        "attention_thresholds": [],
-        "normalize": False,
-        "inclusive": True,
-        "require_positive": True,
-        "upsample": 24,
-        "upsample_mode": "linear",
-        "min_length": 0,
-        "segment_score": "contrast",
-        "zero_below_threshold": True,
-        "outer_margin": 0.25,
-        "margin_rule": "ceil_floor",
-        "class_score_weight": 0.2,
-        "class_score": "binary",
-        "clip_to_duration": False,
-        "dedup": False,
-        "nms": "nms",
-        "nms_iou": 0.7,
-        "nms_inclusive": True,
-        "nms_length_offset": 1.0,
-        "nms_offset_unit": "seconds",
-        "max_per_video": 0,
-    }
+    inference_defaults: ClassVar[InferenceConfig] = BASNET_INFERENCE
+    has_background: ClassVar[bool] = True
+    score_kinds: ClassVar[tuple[str, ...]] = ("cas", "cas_fg")
 
-    def validate(self, source: str = "config") -> None:
-        """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
+    def validate(self, source: str = "config", prefix: str = "model") -> None:
+        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
         self.check(
             source,
+            prefix=prefix,
             counts=("embed_dim", "attention_dim", "topk_r"),
             probabilities=("dropout",),
             non_negative=("norm_weight",),
@@ -166,6 +171,15 @@ class BaSNet(WtalModel):
         self.cas_conv2 = nn.Conv1d(h, h, 3, padding=1)
         self.classifier = nn.Conv1d(h, num_classes + 1, 1, bias=False)  # background is the last channel
         self.dropout = nn.Dropout(cfg.dropout)
+
+    @property
+    def enhance_width(self) -> int:
+        """The CAS module's features before its classifier: H channels."""
+        return self.classifier.in_channels
+
+    def background_scores(self, outputs: dict[str, Tensor], kind: str) -> list[Tensor]:
+        """cas: the base branch's S_base; cas_fg: the suppression branch's S_supp ([B, T, C+1])."""
+        return [outputs["supp_logits" if kind == "cas_fg" else "base_logits"]]
 
     def classify(self, x: Tensor, m: Tensor, enhance: Enhance | None = None) -> Tensor:
         """The shared CAS module: x [B, D, T], m [B, 1, T] float -> logits [B, T, C+1].

@@ -70,6 +70,7 @@ from torch import Tensor, nn
 from wtal.errors import WtalError
 from wtal.losses import co_activity_loss, masked_mean, topk_mean, video_cross_entropy
 from wtal.models.base import Enhance, WtalModel
+from wtal.localize import InferenceConfig
 from wtal.models.registry import ModelConfig, register_model
 
 NEGATIVE_SLOPE = 0.2  # LeakyReLU slope [CO2-Net]
@@ -115,33 +116,28 @@ class CO2NetConfig(ModelConfig):
     init: str = "kaiming"  # kaiming: kaiming-uniform weights, zero biases [CO2-Net code] | torch: PyTorch's defaults
 
     # The authors' post-processing (proposal_methods.multiple_threshold_hamnet); inference.* keys override.
-    inference_defaults: ClassVar[dict] = {
-        "class_threshold": 0.2,
-        "video_topk_divisor": 10,
-        "proposal_source": "attention",
-        "thresholds": [float(t) for t in np.linspace(0.1, 0.9, 10)],
-        "normalize": False,
-        "inclusive": False,
-        "upsample": 1,
-        "outer_margin": 0.25,
-        "margin_rule": "ceil_floor",
-        "class_score_weight": 0.2,
-        "dedup": False,
-        "nms": "soft_nms",
-        "soft_nms_sigma": 0.3,
-        "nms_length_offset": 1.0,
-        "max_per_video": 0,
-        "min_length": 0,
-    }
+    has_background: ClassVar[bool] = True
+    score_kinds: ClassVar[tuple[str, ...]] = ("cas", "cas_fg")
+    inference_defaults: ClassVar[InferenceConfig] = InferenceConfig(
+        thresholds=[float(t) for t in np.linspace(0.1, 0.9, 10)],
+        normalize=False,
+        inclusive=False,
+        margin_rule="ceil_floor",
+        dedup=False,
+        nms="soft_nms",
+        nms_length_offset=1.0,
+        max_per_video=0,
+    )
 
     def two_streams(self) -> bool:
         """The consensus modules read RGB and flow as two streams."""
         return True
 
-    def validate(self, source: str = "config") -> None:
-        """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
+    def validate(self, source: str = "config", prefix: str = "model") -> None:
+        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
         self.check(
             source,
+            prefix=prefix,
             counts=("embed_dim", "attention_dim", "topk_r"),
             probabilities=("dropout", "consensus_dropout"),
             non_negative=("norm_weight", "guide_weight", "coactivity_weight", "mutual_weight", "similar_pairs"),
@@ -254,6 +250,19 @@ class CO2Net(WtalModel):
             "fused": fused.transpose(1, 2),
             **({} if enhance is None else {"unenhanced": unenhanced.transpose(1, 2)}),
         }
+
+    @property
+    def enhance_width(self) -> int:
+        """The fused features X: D channels."""
+        return self.hidden.in_channels
+
+    def background_scores(self, outputs: dict[str, Tensor], kind: str) -> list[Tensor]:
+        """cas: S; cas_fg: S_supp (both [B, T, C+1], background last)."""
+        return [outputs["cas_fg_logits"]] if kind == "cas_fg" else super().background_scores(outputs, kind)
+
+    def before_enhancement(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The co-activity loss reads X before the enhance hook."""
+        return {**outputs, "fused": outputs["unenhanced"]} if "unenhanced" in outputs else outputs
 
     def loss(self, outputs: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """labels [B, C] multi-hot -> {"total", "orig", "supp", "coactivity", "mutual", "norm", "guide"} scalars."""

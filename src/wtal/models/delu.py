@@ -47,11 +47,9 @@ CO2-Net's network and weights except ``guide_weight`` (alpha2) 0.4; ``edl_weight
 Inference (the authors' ``test.py`` and ``proposal_methods.multiple_threshold_hamnet`` at their
 newest commit, declared in ``DELUConfig.inference_defaults``): CO2-Net's, with the attention
 thresholded strictly at ``linspace(0.1, 0.9, 20)`` (20 thresholds, CO2-Net's code has 10), and
-proposals of at most one snippet dropped (their ``test.py`` keeps ``t-end - t-start > 1``):
-``min_length`` 2. Their filter acts after the per-class soft-NMS, ``min_length`` before it, so
-a dropped one-snippet proposal still lowers the scores of the proposals it overlaps in their
-code and not in wtal's: the same segments, some scores differ (an interface gap, see
-``tests/test_parity_delu.py``).
+proposals of at most one snippet dropped after the per-class soft-NMS (their ``test.py`` keeps
+``t-end - t-start > 1``): ``min_length`` 2 under the ``delu`` pipeline, which applies it after the
+suppression, so a dropped proposal has lowered the scores of those it overlaps, as in their code.
 
 Where wtal differs from the authors' code, on purpose (each equal to theirs on their inputs):
 * padding: every top-k, curve length and mean is per video over its real snippets (the
@@ -67,6 +65,7 @@ real snippets; every value a real snippet gets is independent of padding.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -75,6 +74,7 @@ import torch
 from torch import Tensor
 
 from wtal.errors import WtalError
+from wtal.localize import InferenceConfig
 from wtal.losses import masked_mean
 from wtal.models.co2net import AUTHORS_STATE_DICT_NAMES as CO2NET_STATE_DICT_NAMES
 from wtal.models.co2net import CO2Net, CO2NetConfig
@@ -96,19 +96,20 @@ class DELUConfig(CO2NetConfig):
     amplitude: float = 0.7  # amplitude of the easy-to-hard curve, snippet weights in [1 - a, 1 + a] [DELU script]
 
     # The authors' post-processing (CO2-Net's multiple_threshold_hamnet with 20 thresholds, then
-    # test.py's length filter, here before the soft-NMS); inference.* keys override.
-    inference_defaults: ClassVar[dict] = {
-        **CO2NetConfig.inference_defaults,
-        "thresholds": [float(t) for t in np.linspace(0.1, 0.9, 20)],
-        "min_length": 2,
-    }
+    # test.py's length filter after the soft-NMS); inference.* keys override.
+    inference_defaults: ClassVar[InferenceConfig] = dataclasses.replace(
+        CO2NetConfig.inference_defaults,
+        pipeline="delu",
+        thresholds=[float(t) for t in np.linspace(0.1, 0.9, 20)],
+        min_length=2,
+    )
 
-    def validate(self, source: str = "config") -> None:
-        """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
-        super().validate(source)
-        self.check(source, counts=("edl_topk_r",), non_negative=("edl_weight", "uct_guide_weight"))
+    def validate(self, source: str = "config", prefix: str = "model") -> None:
+        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
+        super().validate(source, prefix)
+        self.check(source, prefix=prefix, counts=("edl_topk_r",), non_negative=("edl_weight", "uct_guide_weight"))
         if not 0 <= self.amplitude <= 1:
-            self.fail(source, "amplitude", "a number in [0, 1] (snippet weights 1 +- amplitude stay >= 0)")
+            self.fail(source, "amplitude", "a number in [0, 1] (snippet weights 1 +- amplitude stay >= 0)", prefix)
 
 
 def attention_topk_mean(x: Tensor, attention: Tensor, mask: Tensor, r: int) -> Tensor:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wtal.losses import topk_mean, video_cross_entropy
-from wtal.models.base import WtalModel
+from wtal.models.base import Enhance, WtalModel
 from wtal.models.registry import ModelConfig, register_model
 
 
@@ -45,33 +45,44 @@ class MILConfig(ModelConfig):
     topk_r: int = 8  # k-max pooling, k = max(1, T_real // topk_r) [W-TALC]
     cas_activation: str = "softmax"  # per-snippet class scores: softmax over the C classes | sigmoid [ours]
 
-    def validate(self, source: str = "config") -> None:
-        """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
+    def validate(self, source: str = "config", prefix: str = "model") -> None:
+        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
         self.check(
             source,
+            prefix=prefix,
             counts=("embed_dim", "kernel_size", "topk_r"),
             probabilities=("dropout",),
             choices={"cas_activation": ("sigmoid", "softmax")},
         )
         if self.kernel_size % 2 == 0:
-            self.fail(source, "kernel_size", "an odd integer (the output keeps the input length)")
+            self.fail(source, "kernel_size", "an odd integer (the output keeps the input length)", prefix)
 
 
 @register_model("mil", MILConfig)
 class MIL(WtalModel):
     """Embedding + C-way classifier trained with the k-max multiple-instance loss alone."""
 
-    def __init__(self, cfg: MILConfig, in_dim: int, num_classes: int):
-        super().__init__(cfg, num_classes)
+    def __init__(self, cfg: MILConfig, in_dim: int, num_classes: int, background_row: bool = False):
+        super().__init__(cfg, num_classes, background_row)
         self.embed = nn.Conv1d(in_dim, cfg.embed_dim, cfg.kernel_size, padding=cfg.kernel_size // 2)
-        self.classifier = nn.Conv1d(cfg.embed_dim, num_classes, 1)
+        self.classifier = nn.Conv1d(cfg.embed_dim, num_classes + int(background_row), 1)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        """features [B, T, D], mask [B, T] -> cas_logits S [B, T, C], embedding [B, T, H]."""
+    @property
+    def enhance_width(self) -> int:
+        """The embedding: H channels."""
+        return self.classifier.in_channels
+
+    def forward(self, features: Tensor, mask: Tensor, enhance: Enhance | None = None) -> dict[str, Tensor]:
+        """features [B, T, D], mask [B, T] -> cas_logits S [B, T, C] (and background_logits [B, T] with
+        the background row), embedding [B, T, H]; enhance: maps the embedding [B, H, T] (and the same
+        before its dropout) to what the classifier and ``embedding`` then read."""
         m = mask[:, None, :].to(features.dtype)  # [B, 1, T]; zeroed padding never reaches a real snippet
-        e = self.dropout(F.relu(self.embed(features.transpose(1, 2) * m)))  # [B, H, T]
-        return {"cas_logits": self.classifier(e).transpose(1, 2), "embedding": e.transpose(1, 2)}
+        clean = F.relu(self.embed(features.transpose(1, 2) * m))  # [B, H, T]
+        e = self.dropout(clean)
+        if enhance is not None:
+            e = enhance(e, clean)
+        return {**self.split_background_row(self.classifier(e).transpose(1, 2)), "embedding": e.transpose(1, 2)}
 
     def loss(self, outputs: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """labels [B, C] multi-hot -> {"total", "mil"} scalars."""

@@ -62,6 +62,7 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -72,6 +73,8 @@ from torch import Tensor, nn
 
 from wtal.losses import masked_min, topk_mean, video_cross_entropy
 from wtal.models.base import Enhance, WtalModel
+from wtal.localize import InferenceConfig
+from wtal.models.basnet import BASNET_INFERENCE
 from wtal.models.registry import ModelConfig, register_model
 
 VIDEO_LOSSES = ("bce", "ce")
@@ -97,44 +100,28 @@ class UMConfig(ModelConfig):
     be_weight: float = 1.0  # weight of the background entropy loss L_be [UM code; 1]
     video_loss: str = "bce"  # bce: BCE on softmax scores, class-averaged [UM code] | ce: categorical [ours]
 
-    # The authors' post-processing (test.py, utils.upgrade_resolution, get_proposal_oic and nms);
-    # inference.* keys override.
-    inference_defaults: ClassVar[dict] = {
-        "test_seqlen": 750,
-        "test_resample": "longer",
-        "class_threshold": 0.2,
-        "class_inclusive": True,
-        "class_fallback": True,
-        "video_topk_divisor": 9,
-        "proposal_source": "both",
-        "thresholds": [float(t) for t in np.arange(0.0, 0.25, 0.025)],
-        "attention_thresholds": [float(t) for t in np.arange(0.4, 0.625, 0.025)],
-        "normalize": False,
-        "inclusive": True,
-        "require_positive": True,
-        "upsample": 24,
-        "upsample_mode": "linear",
-        "min_length": 2,
-        "segment_score": "contrast",
-        "zero_below_threshold": True,
-        "outer_margin": 0.25,
-        "margin_rule": "ceil_floor",
-        "class_score_weight": 0.2,
-        "class_score": "score",
-        "clip_to_duration": False,
-        "dedup": False,
-        "nms": "nms",
-        "nms_iou": 0.6,
-        "nms_inclusive": True,
-        "nms_length_offset": 1.0,
-        "nms_offset_unit": "seconds",
-        "max_per_video": 0,
-    }
+    # The authors' post-processing (test.py, utils.upgrade_resolution, get_proposal_oic and nms):
+    # BaS-Net's (the same authors' earlier code) with UM's changes: the actionness thresholded too,
+    # runs of at least 2 upsampled snippets, the fallback class, the video score as class term,
+    # NMS at 0.6, short videos scored whole.
+    inference_defaults: ClassVar[InferenceConfig] = dataclasses.replace(
+        BASNET_INFERENCE,
+        proposal_source="both",
+        attention_thresholds=[float(t) for t in np.arange(0.4, 0.625, 0.025)],
+        min_length=2,
+        class_fallback=True,
+        class_threshold=0.2,
+        class_score="score",
+        video_topk_divisor=9,
+        nms_iou=0.6,
+        test_resample="longer",
+    )
 
-    def validate(self, source: str = "config") -> None:
-        """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
+    def validate(self, source: str = "config", prefix: str = "model") -> None:
+        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
         self.check(
             source,
+            prefix=prefix,
             counts=("embed_dim", "r_act", "r_bkg"),
             probabilities=("dropout", "select_dropout"),
             positive=("margin",),
@@ -194,17 +181,26 @@ def minmax_over_time(x: Tensor, mask: Tensor) -> Tensor:
 class UncertaintyModeling(WtalModel):
     """Embedding + C-way classifier; feature magnitudes separate action from background.
 
-    ``background_row`` (for ``whole_video_bg``'s background loss; UM itself has none) adds a
-    background row to the classifier; its logits are the ``background_logits`` output, which
-    nothing of UM's own loss or scores reads."""
+    ``background_row`` (UM has no background channel) adds a bias-free background row to the
+    classifier, its logits the ``background_logits`` output, which nothing of UM's own loss or
+    scores reads."""
 
     authors_names = AUTHORS_STATE_DICT_NAMES
 
     def __init__(self, cfg: UMConfig, in_dim: int, num_classes: int, background_row: bool = False):
-        super().__init__(cfg, num_classes)
+        super().__init__(cfg, num_classes, background_row)
         self.embed = nn.Conv1d(in_dim, cfg.embed_dim, 3, padding=1)
         self.classifier = nn.Conv1d(cfg.embed_dim, num_classes + int(background_row), 1, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
+
+    @property
+    def enhance_width(self) -> int:
+        """The embedding: H channels."""
+        return self.classifier.in_channels
+
+    @property
+    def topk_ratio(self) -> int:
+        return self.cfg.r_act
 
     def forward(
         self,
@@ -231,8 +227,8 @@ class UncertaintyModeling(WtalModel):
         e = F.relu(self.embed(features.transpose(1, 2) * m))  # [B, H, T]
         if enhance is not None:
             e = enhance(e, e)  # no dropout before this point
-        logits = self.classifier(self.dropout(e)).transpose(1, 2)  # [B, T, C (+1 background row)]
-        s = logits[..., : self.num_classes]  # [B, T, C]
+        logits = self.split_background_row(self.classifier(self.dropout(e)).transpose(1, 2))
+        s = logits["cas_logits"]  # [B, T, C]
         magnitude = e.norm(dim=1)  # [B, T]
         if keep is None:
             keep = mask
@@ -249,19 +245,16 @@ class UncertaintyModeling(WtalModel):
             span = g_act - g_bkg
             span = torch.where(span > 0, span, torch.ones_like(span))
             attention = ((magnitude - g_bkg) / span).clamp(0.0, 1.0) * mask.to(magnitude.dtype)
-        outputs = {
+        return {
             "embedding": e.transpose(1, 2),
             "magnitude": magnitude,
             "attention": attention,
-            "cas_logits": s,
+            **logits,
             "act_weights": act_weights,
             "bkg_weights": bkg_weights,
             "video_logits": topk_mean(s, mask, cfg.r_act),
             "bkg_logits": torch.einsum("bt,btc->bc", bkg_weights, s),
         }
-        if logits.shape[-1] > self.num_classes:
-            outputs["background_logits"] = logits[..., -1]
-        return outputs
 
     def loss(self, outputs: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """labels [B, C] multi-hot -> {"total", "cls", "um", "be"} scalars."""

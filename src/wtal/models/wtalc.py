@@ -56,7 +56,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wtal.losses import co_activity_loss, topk_mean, video_cross_entropy
-from wtal.models.base import WtalModel
+from wtal.models.base import Enhance, WtalModel
+from wtal.localize import InferenceConfig
 from wtal.models.registry import ModelConfig, register_model
 
 
@@ -82,35 +83,28 @@ class WTALCConfig(ModelConfig):
     casl_weight: float = 0.5  # weight of L_casl (1 - Lambda) [W-TALC code]
 
     # The authors' post-processing (detectionMAP.getLocMAP); inference.* keys override.
-    inference_defaults: ClassVar[dict] = {
-        "test_seqlen": 0,
-        "class_threshold": 0.0,
-        "class_inclusive": False,
-        "class_fallback": False,
-        "video_topk_divisor": 8,
-        "proposal_source": "cas",
-        "thresholds": [0.5],
-        "attention_thresholds": [],
-        "normalize": True,
-        "inclusive": False,
-        "require_positive": False,
-        "upsample": 1,
-        "upsample_mode": "repeat",
-        "min_length": 2,
-        "segment_score": "max",
-        "zero_below_threshold": False,
-        "class_score_weight": 0.7,
-        "class_score": "score",
-        "clip_to_duration": False,
-        "dedup": False,
-        "nms": "none",
-        "max_per_video": 0,
-    }
+    inference_defaults: ClassVar[InferenceConfig] = InferenceConfig(
+        class_threshold=0.0,
+        class_inclusive=False,
+        class_fallback=False,
+        video_topk_divisor=8,
+        proposal_source="cas",
+        thresholds=[0.5],
+        inclusive=False,
+        min_length=2,
+        segment_score="max",
+        class_score_weight=0.7,
+        clip_to_duration=False,
+        dedup=False,
+        nms="none",
+        max_per_video=0,
+    )
 
-    def validate(self, source: str = "config") -> None:
-        """Raise :class:`WtalError` naming ``model.<field>`` for a bad choice or range."""
+    def validate(self, source: str = "config", prefix: str = "model") -> None:
+        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
         self.check(
             source,
+            prefix=prefix,
             counts=("embed_dim", "topk_r"),
             probabilities=("dropout",),
             non_negative=("mil_weight", "casl_weight", "similar_pairs"),
@@ -123,21 +117,37 @@ class WTALC(WtalModel):
 
     authors_names = AUTHORS_STATE_DICT_NAMES
 
-    def __init__(self, cfg: WTALCConfig, in_dim: int, num_classes: int):
-        super().__init__(cfg, num_classes)
+    def __init__(self, cfg: WTALCConfig, in_dim: int, num_classes: int, background_row: bool = False):
+        super().__init__(cfg, num_classes, background_row)
         self.fc = nn.Linear(in_dim, cfg.embed_dim)
-        self.classifier = nn.Linear(cfg.embed_dim, num_classes)
+        self.classifier = nn.Linear(cfg.embed_dim, num_classes + int(background_row))
         self.dropout = nn.Dropout(cfg.dropout)
         for layer in (self.fc, self.classifier):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, features: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        """features [B, T, D], mask [B, T] -> embedding X [B, T, H] (0 on padding), cas_logits S [B, T, C]."""
+    @property
+    def enhance_width(self) -> int:
+        """The embedding X: H channels."""
+        return self.classifier.in_features
+
+    def forward(self, features: Tensor, mask: Tensor, enhance: Enhance | None = None) -> dict[str, Tensor]:
+        """features [B, T, D], mask [B, T] -> embedding X [B, T, H] (0 on padding), cas_logits S [B, T, C]
+        (and background_logits [B, T] with the background row).
+
+        enhance: maps X [B, H, T] (and X before its dropout) to what the classifier and the
+        co-activity loss then read (``embedding``; X itself is then returned as ``unenhanced`` too)."""
         real = mask[..., None]
-        x = self.dropout(F.relu(self.fc(features.masked_fill(~real, 0.0))))  # [B, T, H]
-        x = x.masked_fill(~real, 0.0)
-        return {"embedding": x, "cas_logits": self.classifier(x)}
+        clean = F.relu(self.fc(features.masked_fill(~real, 0.0)))  # [B, T, H]
+        x = unenhanced = self.dropout(clean).masked_fill(~real, 0.0)
+        if enhance is not None:
+            x = enhance(x.transpose(1, 2), clean.transpose(1, 2)).transpose(1, 2).masked_fill(~real, 0.0)
+        outputs = {"embedding": x, **self.split_background_row(self.classifier(x))}
+        return outputs if enhance is None else {**outputs, "unenhanced": unenhanced}
+
+    def before_enhancement(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The co-activity loss reads X before the enhance hook."""
+        return {**outputs, "embedding": outputs["unenhanced"]} if "unenhanced" in outputs else outputs
 
     def loss(self, outputs: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """labels [B, C] multi-hot, the first 2 similar_pairs videos in same-class pairs
