@@ -84,6 +84,20 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from wtal.config import load_config
+    from wtal.data.export import export_per_video, export_wtalc
+
+    data = load_config(args.config, args.overrides).data
+    started = time.time()
+    if args.layout == "wtalc":
+        out = export_wtalc(data, args.out, name=args.name, overwrite=args.overwrite)
+    else:
+        out = export_per_video(data, args.out, overwrite=args.overwrite)
+    print(f"wrote {data.root} in the {args.layout} layout to {out} in {time.time() - started:.1f} s")
+    return 0
+
+
 def _reference_for(thresholds) -> dict | None:
     import numpy as np
 
@@ -307,6 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("knobs", nargs="*", metavar="KNOB=VALUE", help="generator knobs (see wtal.data.synthetic.SynthConfig)")
     p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser(
+        "export", help="write a dataset in the W-TALC bundle layout (CO2-Net, DELU) or the per-video one (BaS-Net, UM)"
+    )
+    p.add_argument("--layout", required=True, choices=("wtalc", "per_video"))
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", help="YAML config whose data section names the dataset (or data.root=DIR)")
+    p.add_argument("--name", default="Thumos14reduced", help="wtalc: the bundle prefix <name>-I3D-JOINTFeatures.npy")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    _add_overrides(p)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     p.add_argument("--config", help="YAML config (defaults: THUMOS14 protocol, the paper's model)")
