@@ -61,3 +61,21 @@ def test_curves_command_prints_best_and_last_and_writes_a_png(tmp_path, capsys):
     assert out.stat().st_size > 5_000
     assert main(["curves", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "missing/metrics.jsonl: file not found" in capsys.readouterr().err
+
+
+def test_curve_groups_give_mean_range_and_the_difference_with_its_interval(tmp_path, capsys):
+    from wtal.cli import main
+
+    ours = {"w0": [30.0, 50.0], "w1": [34.0, 52.0], "w2": [32.0, 54.0]}
+    theirs = {"a0": [20.0, 51.0], "a1": [40.0, 55.0], "a2": [36.0, 47.0]}
+    for name, values in {**ours, **theirs}.items():
+        _write_log(tmp_path / name, [{"step": s, "split": "test", "avg": v} for s, v in zip((100, 200), values)])
+    group = lambda names: ",".join(str(tmp_path / n) for n in names)  # noqa: E731
+    out = tmp_path / "groups.png"
+    assert main(["curves", "--group", f"wtal={group(ours)}", "--group", f"authors={group(theirs)}", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "100: 32.00 ± 2.00 [30.00, 34.00] | 32.00 ± 10.58 [20.00, 40.00] | +0.00" in text
+    assert "200: 52.00 ± 2.00 [50.00, 54.00] | 51.00 ± 4.00 [47.00, 55.00] | +1.00" in text
+    assert "wtal's mean within authors's seed range at 2 of 2 evaluations" in text
+    assert out.stat().st_size > 5_000
+    assert main(["curves", "--group", "wtal", "--out", str(out)]) == 2

@@ -166,7 +166,7 @@ def test_report_only_covers_the_finished_runs(base, tmp_path, capsys):
     assert "no finished run to report" in capsys.readouterr().err
 
 
-def test_report_gives_the_last_evaluation_beside_the_checkpoint_rule(base, tmp_path):
+def test_report_gives_the_last_and_best_test_evaluations_beside_the_checkpoint_rule(base, tmp_path):
     def sweep(out, select):
         args = ["sweep", "--quiet", "--grid", "model.lam=1", "--seeds", "0,1", "--out", str(out), *base,
                 "train.iterations=4", "train.eval_every=1", f"train.select={select}"]
@@ -178,33 +178,38 @@ def test_report_gives_the_last_evaluation_beside_the_checkpoint_rule(base, tmp_p
     best = sweep(tmp_path / "best", "best_test")
     assert best["mean"]["last avg(0.1:0.7)"] == pytest.approx(last["mean"]["avg(0.1:0.7)"])
     assert best["mean"]["avg(0.1:0.7)"] >= best["mean"]["last avg(0.1:0.7)"] - 1e-9
+    run = tmp_path / "best" / "runs" / "model.lam=1-seed0"
+    tests = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"test"' in line]
+    assert best["per_seed"]["best-test avg(0.1:0.7)"][0] == max(t["avg(0.1:0.7)"] for t in tests if t["avg"] == max(u["avg"] for u in tests))
     table = (tmp_path / "best" / "report.md").read_text()
-    assert "avg(0.1:0.7) last |" in table and f"{best['mean']['last avg(0.1:0.7)']:.2f} ±" in table
+    assert "avg(0.1:0.7) last | avg(0.1:0.7) best-test |" in table and f"{best['mean']['last avg(0.1:0.7)']:.2f} ±" in table
 
 
-def test_compare_gives_each_rows_difference_and_its_standard_error(base, tmp_path, capsys):
+def test_compare_gives_each_rows_paired_difference_with_its_interval(base, tmp_path, capsys):
     out = tmp_path / "sweep"
-    args = ["sweep", "--quiet", "--grid", "model.lam=1,3", "--seeds", "0,1", "--out", str(out), *base,
+    args = ["sweep", "--quiet", "--grid", "model.lam=1,3", "--seeds", "0,1,2", "--out", str(out), *base,
             "train.iterations=3", "train.eval_every=0"]
     assert main([*args, "--compare", "model.lam=1"]) == 0
     rows = json.loads((out / "report.json").read_text())["rows"]
     key = "avg(0.1:0.7)"
     ref, other = rows
-    welch = {k: ref["delta"][k] for k in ("vs", "key", "diff", "se")}
-    assert welch == {"vs": "model.lam=1", "key": key, "diff": 0.0, "se": pytest.approx(ref["std"][key])}
-    assert other["delta"]["diff"] == pytest.approx(other["mean"][key] - ref["mean"][key])
-    assert other["delta"]["se"] == pytest.approx((other["std"][key] ** 2 / 2 + ref["std"][key] ** 2 / 2) ** 0.5)
-    assert f"{other['delta']['diff']:+.2f} ± {other['delta']['se']:.2f}" in (out / "report.md").read_text()
-    assert "Δ vs model.lam=1 |" in (out / "report.md").read_text()
-    for name, metric in (("paired", key), ("last paired", f"last {key}")):
+    assert other["delta"]["vs"] == "model.lam=1" and other["delta"]["key"] == key
+    welch = other["delta"]["welch"]
+    assert welch["diff"] == pytest.approx(other["mean"][key] - ref["mean"][key])
+    assert welch["se"] == pytest.approx((other["std"][key] ** 2 / 3 + ref["std"][key] ** 2 / 3) ** 0.5)
+    for rule, metric in (("selected", key), ("last", f"last {key}"), ("best-test", f"best-test {key}")):
         per_seed = [a - b for a, b in zip(other["per_seed"][metric], ref["per_seed"][metric])]
-        assert other["delta"][name]["seeds"] == [0, 1]
-        assert other["delta"][name]["diff"] == pytest.approx(sum(per_seed) / 2)
-        assert other["delta"][name]["se"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2)
-        assert ref["delta"][name] == {"diff": 0.0, "se": 0.0, "seeds": [0, 1]}
-    paired = other["delta"]["paired"]
+        paired = other["delta"]["paired"][rule]
+        assert paired["seeds"] == [0, 1, 2] and paired["n"] == 3 and paired["per_seed"] == pytest.approx(per_seed)
+        mean = sum(per_seed) / 3
+        se = (sum((d - mean) ** 2 for d in per_seed) / 2) ** 0.5 / 3**0.5
+        assert (paired["diff"], paired["se"], paired["df"]) == pytest.approx((mean, se, 2))
+        assert paired["high"] - paired["diff"] == pytest.approx(4.3027 * se, abs=1e-3)  # t(0.975, 2 df)
+        assert ref["delta"]["paired"][rule]["diff"] == 0.0
     table = (out / "report.md").read_text()
-    assert "Δ paired | Δ last, paired |" in table and f"{paired['diff']:+.2f} ± {paired['se']:.2f}" in table
+    paired = other["delta"]["paired"]["selected"]
+    assert "Δ paired, selected | Δ paired, last | Δ paired, best-test | Δ vs model.lam=1 (Welch) |" in table
+    assert f"{paired['diff']:+.2f} [{paired['low']:+.2f}, {paired['high']:+.2f}]" in table and "(n=3)" in table
     capsys.readouterr()
     assert main([*args, "--report-only", "--compare", "model.lam=9"]) == 2
     assert "--compare 'model.lam=9': not a row of this sweep" in capsys.readouterr().err
@@ -217,9 +222,9 @@ def test_compare_and_last_column_without_a_named_average(base, tmp_path):
     assert main(args) == 0
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert rows[1]["delta"]["key"] == "avg"
-    assert "paired" not in rows[1]["delta"]  # one shared seed: no per-seed spread to read
+    assert rows[1]["delta"]["paired"] == {} and "welch" not in rows[1]["delta"]  # one seed: no spread to read
     assert rows[1]["mean"]["last avg"] == pytest.approx(rows[1]["mean"]["avg"])  # one evaluation, at the end
-    assert "| mAP@0.3 | mAP@0.5 | avg | cls mAP | avg last | Δ vs model.lam=1 |" in (out / "report.md").read_text()
+    assert "| mAP@0.3 | mAP@0.5 | avg | cls mAP | avg last | avg best-test |" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("method", ["wtalc", "basnet", "um", "co2net"])

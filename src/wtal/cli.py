@@ -270,6 +270,10 @@ def _knobs_differing(meta: dict) -> list[str]:
 def _cmd_curves(args) -> int:
     from wtal.plots import evaluation_curve, plot_curves
 
+    if args.group:
+        return _curve_groups(args)
+    if not args.runs:
+        raise WtalError("wtal curves: give run directories, or --group NAME=RUN,RUN,...")
     curves = {str(run): evaluation_curve(run, args.metric) for run in args.runs}
     print(f"test {args.metric} per evaluation (best marked *)")
     for name, (steps, values) in curves.items():
@@ -280,6 +284,51 @@ def _cmd_curves(args) -> int:
         print(f"  best {values[best]:.2f} at step {steps[best]}; last {values[-1]:.2f} at step {steps[-1]} "
               f"({values[-1] - values[best]:+.2f} from the best); mean of the last {len(tail)}: {tail.mean():.2f}")
     print(f"wrote {plot_curves(args.out, curves, args.metric)}")
+    return 0
+
+
+def _curve_groups(args) -> int:
+    """Mean curves of groups of runs with their seed spread; for two groups, the difference at each
+    evaluation with Welch's 95 % interval, and whether the first group's mean lies within the second's
+    lowest and highest run."""
+    import numpy as np
+
+    from wtal.plots import evaluation_curve, plot_curve_groups
+    from wtal.stats import welch_interval
+
+    groups = {}
+    for item in args.group:
+        name, _, runs = item.partition("=")
+        if not name or not runs:
+            raise WtalError(f"--group {item!r}: expected NAME=RUN,RUN,...")
+        curves = [evaluation_curve(run, args.metric) for run in runs.split(",") if run]
+        common = sorted(set.intersection(*(set(steps.tolist()) for steps, _ in curves)))
+        if not common:
+            raise WtalError(f"--group {name}: its runs share no evaluation step")
+        values = np.array([[dict(zip(steps.tolist(), v))[s] for s in common] for steps, v in curves])
+        groups[name] = (np.array(common), values)
+    names = list(groups)
+    steps = sorted(set.intersection(*(set(g[0].tolist()) for g in groups.values())))
+    at = {name: np.array([[dict(zip(groups[name][0].tolist(), run))[s] for s in steps] for run in groups[name][1]])
+          for name in names}
+    header = " | ".join(f"{name} mean ± std [min, max]" for name in names)
+    pair = len(names) == 2 and all(len(v) > 1 for v in at.values())
+    print(f"test {args.metric} per evaluation | {header}" + (f" | {names[0]} - {names[1]} [95 % Welch] | within" if pair else ""))
+    inside = []
+    for i, step in enumerate(steps):
+        cells = [f"{v[:, i].mean():.2f} ± {v[:, i].std(ddof=1) if len(v) > 1 else 0.0:.2f} "
+                 f"[{v[:, i].min():.2f}, {v[:, i].max():.2f}]" for v in at.values()]
+        line = f"{step}: " + " | ".join(cells)
+        if pair:
+            a, b = at[names[0]][:, i], at[names[1]][:, i]
+            d = welch_interval(a, b)
+            inside.append(b.min() <= a.mean() <= b.max())
+            line += f" | {d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}] | {'yes' if inside[-1] else 'NO'}"
+        print(line)
+    if pair:
+        print(f"{names[0]}'s mean within {names[1]}'s seed range at {sum(inside)} of {len(inside)} evaluations")
+    plotted = {name: (groups[name][0], groups[name][1]) for name in names}
+    print(f"wrote {plot_curve_groups(args.out, plotted, args.metric)}")
     return 0
 
 
@@ -376,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     p.add_argument("--out", required=True, help="sweep folder (runs/ and the report)")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the runs finished so far")
-    p.add_argument("--compare", metavar="ROW", help="report each row's difference to this row ± its standard error")
+    p.add_argument("--compare", metavar="ROW", help="report each row's difference to this row with its 95 %% interval, paired by seed (selected, last and best test evaluation)")
     p.add_argument("--jobs", type=_positive_int, default=1,
                    help="runs trained at once, each its own process (default 1: one after another, in this process)")
     p.add_argument("--quiet", action="store_true")
@@ -384,7 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("curves", help="plot and print a test metric over training steps for runs")
-    p.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl)")
+    p.add_argument("runs", nargs="*", help="run directories (each with metrics.jsonl)")
+    p.add_argument("--group", action="append", default=[], metavar="NAME=RUN,RUN,...",
+                   help="a group of runs (e.g. seeds) shown as its mean and range; two groups also get their "
+                   "difference at each evaluation with its 95 %% interval")
     p.add_argument("--metric", default="avg", help="a key of the test lines of metrics.jsonl (default avg)")
     p.add_argument("--out", default="curves.png", help="PNG to write")
     p.add_argument("--tail", type=_positive_int, default=5, help="evaluations the closing mean covers (default 5)")

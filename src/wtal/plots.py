@@ -129,3 +129,22 @@ def plot_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_curve_groups(path: str | Path, groups: dict[str, tuple[np.ndarray, np.ndarray]], metric: str) -> Path:
+    """Write a PNG of each named group of curves (steps [E], values [runs, E] of ``metric``): its mean
+    over runs as a line, its lowest and highest run as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, (steps, values) in groups.items():
+        (line,) = ax.plot(steps, values.mean(0), marker="o", ms=3, lw=1.4, label=f"{name} (mean of {len(values)})")
+        ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"test {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

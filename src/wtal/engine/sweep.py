@@ -3,11 +3,12 @@
 Runs live in ``<out>/runs/<row>-seed<k>/``; a run whose ``metrics.json`` exists is
 skipped and one that was stopped before it finished continues from its ``last.pt``
 (``wtal train --resume``), so an interrupted sweep resumes where it stopped. The report gives every
-metric as mean ± std over seeds, the checkpoint rule used, and the exact command
-that reproduces each row. Beside the checkpoint rule the runs used (``train.select``),
-it gives the averages at the last evaluation (the end of training), read from each run's
-``metrics.jsonl``: best-test selection flatters a method by however much the test mAP
-wanders during training, and the two columns side by side show by how much.
+metric as mean ± std over seeds at the checkpoint the runs' rule chose (``train.select``), beside
+the averages at the last evaluation and at the best test evaluation (read from each run's
+``metrics.jsonl``): best-test selection flatters a method by however much the test mAP wanders
+during training, and the columns side by side show by how much. ``--compare ROW`` adds each row's
+difference to ROW with its 95 % interval, paired by seed (:mod:`wtal.stats`). The report names
+the exact command that reproduces each run; ``report.json`` holds every run's own values.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from wtal.config import load_config
 from wtal.errors import WtalError
 from wtal.io import read_json, read_jsonl, read_yaml_mapping, write_json, write_text
 from wtal.plots import save_figure
+from wtal.stats import paired_interval, welch_interval
 
 
 @dataclass
@@ -196,19 +198,22 @@ def _train_in_parallel(config: str | None, base: list[str], todo: list, out: Pat
         raise WtalError(f"{out}: {len(failed)} of {len(todo)} runs failed: " + "; ".join(failed))
 
 
+RULES = ("selected", "last", "best-test")  # the checkpoint rule of the runs, the last evaluation, the best test one
+
+
 def summarize(
     config: str | None, base: list[str], rows: list[Row], seeds: list[int], out: Path, compare: str | None = None
 ) -> dict:
-    """Mean and std over seeds of every scalar metric, per row.
+    """Mean and std over seeds of every scalar metric, per row, and each run's own values.
 
-    With ``compare`` (a row name), each row also gets ``delta``: the difference of
-    its mean average mAP to that row's and the standard error of that difference,
-    sqrt(s1^2 / n1 + s2^2 / n2) over the two rows' seeds (Welch), so a difference
-    can be read against seed noise. Where the two rows share two seeds or more, ``delta``
-    also has ``paired`` and ``last paired``: the mean and standard error of the per-seed
-    differences (best and last evaluation) over the shared seeds. A seed fixes the initial
-    weights and the batches alike in both rows, so the paired error leaves out what the
-    seeds do to both; Welch's counts it twice.
+    Each run gives its table at the checkpoint its rule selected (``train.select``: metrics.json),
+    and from its metrics.jsonl the averages at the last evaluation (``last <key>``) and at the
+    evaluation with the best test average (``best-test <key>``, the field's practice).
+    With ``compare`` (a row name), each row gets ``delta``: for each of those three, the mean of
+    the per-seed differences to that row over the seeds both have, with its 95 % t-interval
+    (:func:`wtal.stats.paired_interval`; a seed fixes the initial weights and the batches of
+    both rows), where they share two seeds or more; and Welch's interval of the difference of
+    the selected averages where each row has two seeds or more.
     """
     table = []
     checkpoint_rules = set()
@@ -220,10 +225,9 @@ def summarize(
         checkpoint_rules.update(r.get("checkpoint", "?") for r in runs)
         metrics: dict[str, list[float]] = {}
         for run, seed in zip(runs, finished):
-            last = _last_evaluation(run_dirs(out, row, seed) / "metrics.jsonl")
-            for key, value in [*_scalars(run).items(), *((f"last {k}", v) for k, v in last.items())]:
+            for key, value in [*_scalars(run).items(), *_evaluations(run_dirs(out, row, seed) / "metrics.jsonl").items()]:
                 metrics.setdefault(key, []).append(value)
-        # a "last" key is kept only when every finished seed has it
+        # a "last" or "best-test" key is kept only when every finished seed has it
         metrics = {k: v for k, v in metrics.items() if len(v) == len(finished)}
         table.append({
             "row": row.name,
@@ -231,7 +235,7 @@ def summarize(
             "seeds": finished,
             "mean": {k: float(np.mean(v)) for k, v in metrics.items()},
             "std": {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in metrics.items()},
-            "per_seed": {k: v for k, v in metrics.items() if k.startswith(("avg", "last avg"))},
+            "per_seed": {k: v for k, v in metrics.items() if k.startswith(("avg", "last avg", "best-test avg"))},
             "commands": [shlex.join(run_command(config, base, row, s, run_dirs(out, row, s))) for s in finished],
         })
     if not table:
@@ -242,26 +246,31 @@ def summarize(
             raise WtalError(f"{out}: --compare {compare!r}: that row has no finished run yet")
         key = _main_key(reference)
         for row in table:
-            diff = row["mean"][key] - reference["mean"][key]
-            se = np.sqrt(row["std"][key] ** 2 / len(row["seeds"]) + reference["std"][key] ** 2 / len(reference["seeds"]))
-            row["delta"] = {"vs": compare, "key": key, "diff": float(diff), "se": float(se)}
-            for name, metric in (("paired", key), ("last paired", f"last {key}")):
-                paired = _paired_difference(row, reference, metric)
+            row["delta"] = {"vs": compare, "key": key, "paired": {}}
+            for rule in RULES:
+                paired = _paired_difference(row, reference, _rule_key(rule, key))
                 if paired is not None:
-                    row["delta"][name] = paired
+                    row["delta"]["paired"][rule] = paired
+            if len(row["seeds"]) > 1 and len(reference["seeds"]) > 1:
+                welch = welch_interval(row["per_seed"][key], reference["per_seed"][key])
+                row["delta"]["welch"] = welch.to_json()
     return {"config": config, "base_overrides": base, "seeds": seeds, "checkpoint": sorted(checkpoint_rules), "rows": table}
 
 
+def _rule_key(rule: str, key: str) -> str:
+    return key if rule == "selected" else f"{rule} {key}"
+
+
 def _paired_difference(row: dict, reference: dict, key: str) -> dict | None:
-    """Mean ± standard error of ``row - reference`` seed by seed over their shared seeds
+    """``row - reference`` seed by seed over their shared seeds, with its paired 95 % interval
     (None where they share fewer than two or a row lacks ``key``)."""
     shared = [s for s in row["seeds"] if s in reference["seeds"]]
     if len(shared) < 2 or key not in row["per_seed"] or key not in reference["per_seed"]:
         return None
     mine = dict(zip(row["seeds"], row["per_seed"][key]))
     theirs = dict(zip(reference["seeds"], reference["per_seed"][key]))
-    diffs = np.array([mine[s] - theirs[s] for s in shared])
-    return {"diff": float(diffs.mean()), "se": float(diffs.std(ddof=1) / np.sqrt(len(diffs))), "seeds": shared}
+    interval = paired_interval([mine[s] for s in shared], [theirs[s] for s in shared])
+    return {**interval.to_json(), "seeds": shared, "per_seed": [mine[s] - theirs[s] for s in shared]}
 
 
 def _average_keys(mean: dict) -> list[str]:
@@ -284,53 +293,58 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return values
 
 
-def _last_evaluation(path: Path) -> dict[str, float]:
-    """The averages (``avg(...)`` and ``avg``) of the last test evaluation in a run's metrics.jsonl ({} if none)."""
+def _evaluations(path: Path) -> dict[str, float]:
+    """The averages (``avg(...)`` and ``avg``) of a run's last test evaluation (``last <key>``) and of
+    its evaluation with the best ``avg`` (``best-test <key>``), from its metrics.jsonl ({} if none)."""
     tests = [record for record in read_jsonl(path) if record.get("split") == "test"] if path.is_file() else []
-    return {k: float(v) for k, v in (tests[-1] if tests else {}).items() if k.startswith("avg")}
+    if not tests:
+        return {}
+    best = max(tests, key=lambda record: record["avg"])  # the first of equal bests
+    return {f"{name} {k}": float(v) for name, record in (("last", tests[-1]), ("best-test", best))
+            for k, v in record.items() if k.startswith("avg")}
 
 
 def write_report(report: dict, out: Path) -> None:
-    """``report.json``, ``report.md`` (mean ± std table + commands) and ``report.png``."""
+    """``report.json``, ``report.md`` (mean ± std table, differences with their intervals, commands)
+    and ``report.png``."""
     write_json(out / "report.json", report)
     rows = report["rows"]
     keys = [k for k in rows[0]["mean"] if k.startswith("mAP@")] + _average_keys(rows[0]["mean"])
     main = _main_key(rows[0])
     delta = rows[0].get("delta")
-    paired = [name for name in ("paired", "last paired") if any(name in row.get("delta", {}) for row in rows)]
+    paired = [rule for rule in RULES if any(rule in row.get("delta", {}).get("paired", {}) for row in rows)]
+    welch = any("welch" in row.get("delta", {}) for row in rows)
     lines = [
         f"# Sweep report: {len(rows)} configurations x seeds {report['seeds']}",
         "",
         f"Config: `{report['config'] or 'defaults'}`; base overrides: `{' '.join(report['base_overrides']) or 'none'}`; "
-        f"checkpoint: {', '.join(report['checkpoint'])}. Values are mAP (%) mean ± std over seeds. "
-        f"The column '{main} last' is {main} at the last evaluation (end of training), whatever the checkpoint rule."
+        f"checkpoint: {', '.join(report['checkpoint'])}. Values are mAP (%) mean ± std over seeds at that checkpoint; "
+        f"'{main} last' is {main} at the last evaluation (end of training) and '{main} best-test' at the "
+        "evaluation with the best test average (what papers in this field report), whatever the checkpoint rule."
         + (
-            f" 'Δ vs {delta['vs']}' is the difference of mean {main} to that row ± its standard error over seeds"
-            " (Welch); * marks a difference larger than twice its standard error."
+            f" 'Δ' columns are differences of {main} to {delta['vs']} with their 95 % interval, * where it excludes 0:"
+            " 'paired' is the mean of the per-seed differences over the seeds both rows have, with its t-interval"
+            " (a seed fixes the initial weights and the batches of both rows alike; n = those seeds), for the"
+            " checkpoint rule, the last and the best test evaluation; 'Welch' treats the rows' seeds as independent."
             if delta
-            else ""
-        )
-        + (
-            " 'Δ paired' and 'Δ last, paired' are the mean ± standard error of the differences seed by seed"
-            " (best and last evaluation) over the seeds both rows have: a seed fixes the initial weights and"
-            " the batches in both rows alike."
-            if paired
             else ""
         ),
         "",
-        "| configuration | seeds | " + " | ".join(keys) + f" | cls mAP | {main} last |"
-        + (f" Δ vs {delta['vs']} |" if delta else "")
-        + "".join(f" Δ {'last, paired' if name == 'last paired' else 'paired'} |" for name in paired),
-        "|---|---|" + "---|" * (len(keys) + 2 + bool(delta) + len(paired)),
+        "| configuration | seeds | " + " | ".join(keys) + f" | cls mAP | {main} last | {main} best-test |"
+        + "".join(f" Δ paired, {rule} |" for rule in paired)
+        + (f" Δ vs {delta['vs']} (Welch) |" if welch else ""),
+        "|---|---|" + "---|" * (len(keys) + 3 + len(paired) + welch),
     ]
     for row in rows:
         cells = [f"{row['mean'][k]:.2f} ± {row['std'][k]:.2f}" for k in keys]
-        cls = f"{row['mean'].get('cls_mAP', float('nan')):.2f}"
-        last = f"last {main}"
-        cells += [cls, f"{row['mean'][last]:.2f} ± {row['std'][last]:.2f}" if last in row["mean"] else "-"]
-        if delta:
-            cells.append(_difference(row["delta"]))
-            cells += [_difference(row["delta"][name]) if name in row["delta"] else "-" for name in paired]
+        cells.append(f"{row['mean'].get('cls_mAP', float('nan')):.2f}")
+        for rule in ("last", "best-test"):
+            k = _rule_key(rule, main)
+            cells.append(f"{row['mean'][k]:.2f} ± {row['std'][k]:.2f}" if k in row["mean"] else "-")
+        differences = row.get("delta", {})
+        cells += [_difference(differences["paired"][rule]) if rule in differences.get("paired", {}) else "-" for rule in paired]
+        if welch:
+            cells.append(_difference(differences["welch"]) if "welch" in differences else "-")
         seeds = ",".join(str(seed) for seed in row["seeds"])
         lines.append(f"| {row['row']} | {seeds} | " + " | ".join(cells) + " |")
     lines += ["", "## Commands", ""]
@@ -340,10 +354,10 @@ def write_report(report: dict, out: Path) -> None:
     _plot(rows, main, out / "report.png")
 
 
-def _difference(delta: dict) -> str:
-    """``+d ± se``, with * where the difference is larger than twice its standard error."""
-    marked = "*" if abs(delta["diff"]) > 2 * delta["se"] else ""
-    return f"{delta['diff']:+.2f} ± {delta['se']:.2f}{marked}"
+def _difference(interval: dict) -> str:
+    """``+d [low, high] (n)``, with * where the interval excludes 0."""
+    marked = "*" if interval["low"] > 0 or interval["high"] < 0 else ""
+    return f"{interval['diff']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}]{marked} (n={interval['n']})"
 
 
 def _plot(rows: list[dict], key: str, path: Path) -> None:
