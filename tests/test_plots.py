@@ -79,3 +79,25 @@ def test_curve_groups_give_mean_range_and_the_difference_with_its_interval(tmp_p
     assert "wtal's mean within authors's seed range at 2 of 2 evaluations" in text
     assert out.stat().st_size > 5_000
     assert main(["curves", "--group", "wtal", "--out", str(out)]) == 2
+
+
+def test_action_share_counts_overlaps_once():
+    from wtal.data.annotations import Video
+    from wtal.plots import action_share
+
+    video = Video("v", "test", 100.0, np.array([[10.0, 30.0], [20.0, 40.0], [50.0, 55.0], [90.0, 120.0]]), ("a",) * 4)
+    assert action_share(video) == pytest.approx((30 + 5 + 10) / 100)
+    assert action_share(Video("w", "test", 10.0, np.zeros((0, 2)), ())) == 0.0
+
+
+def test_the_demo_timeline_shows_videos_with_visible_actions_and_background():
+    from wtal.data.wtalc import bundled_thumos14
+    from wtal.plots import action_share, readable_videos
+
+    test = [v for v in bundled_thumos14().videos.values() if v.subset == "test"]
+    shown = readable_videos(test)
+    assert len(shown) == 3 and len({v.video_labels for v in shown}) == 3
+    for video in shown:
+        assert 0.25 <= action_share(video) <= 0.6 and 3 <= len(video.labels) <= 10
+    crowded = max(test, key=lambda v: len(v.labels))  # what the demo showed before: hundreds of instances
+    assert len(crowded.labels) > 100 and crowded not in shown

@@ -22,10 +22,9 @@ PAPER_ANET12 = {"paper (Li et al. 2022)": [41.6, None, None, None, None, 24.8, N
 # The demo's cut of the default protocol: the THUMOS14 preset (412 real video structures) at
 # the CPU budget of configs/thumos14_synthetic_cpu.yaml (512-d features, the CO2-Net base's
 # widths / 4, CO2-Net's batch of 10 with 3 same-class pairs) with a schedule short enough for
-# generation, training and evaluation to fit in 5 minutes on the slowest 2-core machine measured
-# (2026-12-01): every video resampled to 250 snippets (CO2-Net: 500), 150 iterations at lr 3e-4,
-# one evaluation at the end. README ("Results", after the demo's rows) gives what each measured
-# cut scored and took there.
+# generation, training and evaluation to take a few minutes on 2 CPU cores: every video resampled
+# to 250 snippets (CO2-Net: 500), 150 iterations at lr 3e-4, one evaluation at the end.
+# README gives what it scores and how long it takes.
 DEMO_FEATURE_DIM = 512
 DEMO_OVERRIDES = [
     "data.sampling=resample",
@@ -206,7 +205,7 @@ def _cmd_demo(args) -> int:
     from wtal.data.synthetic import generate
     from wtal.engine.trainer import timestamped_run_name, train
     from wtal.io import read_yaml_mapping
-    from wtal.plots import plot_timelines
+    from wtal.plots import plot_timelines, readable_videos
 
     started = time.time()
     out = Path(args.out)
@@ -240,8 +239,9 @@ def _cmd_demo(args) -> int:
     print(_attention_line(result.scores, result.dataset.annotations, "the test videos"))
     print("note: synthetic features laid over THUMOS14's real annotations; the paper's row is on real I3D features.")
 
-    annotated = [s for s in result.scores if len(result.dataset.annotations.videos[s.name].labels)]
-    shown = sorted(annotated, key=lambda s: -len(result.dataset.annotations.videos[s.name].labels))[:3]
+    videos = result.dataset.annotations.videos
+    picked = {v.name for v in readable_videos([videos[s.name] for s in result.scores])}
+    shown = [s for s in result.scores if s.name in picked]
     png = plot_timelines(
         result.run_dir / "timeline.png",
         [result.dataset.annotations.videos[s.name] for s in shown],

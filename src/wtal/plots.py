@@ -26,6 +26,40 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
+def action_share(video: Video) -> float:
+    """The fraction of ``video``'s duration inside the union of its annotated segments."""
+    if video.duration <= 0 or not len(video.segments):
+        return 0.0
+    spans = np.clip(np.sort(np.asarray(video.segments, dtype=np.float64), axis=0), 0.0, video.duration)
+    spans = spans[np.argsort(spans[:, 0])]
+    ends = np.maximum.accumulate(spans[:, 1])  # [N]: furthest end so far
+    starts = np.maximum(spans[:, 0], np.concatenate([[0.0], ends[:-1]]))  # what each adds beyond the ones before
+    return float(np.clip(ends - starts, 0.0, None).sum() / video.duration)
+
+
+def readable_videos(
+    videos: Sequence[Video], count: int = 3, share: tuple[float, float] = (0.25, 0.6), instances: tuple[int, int] = (3, 10)
+) -> list[Video]:
+    """Up to ``count`` videos whose actions and background each take a visible share of the timeline:
+    actions within ``share`` of the duration, in ``instances`` separate segments (fewest first), one
+    video per class where possible; other annotated videos fill in only if too few qualify."""
+    annotated = [v for v in videos if len(v.labels)]
+    low, high = share
+
+    def rank(video: Video) -> tuple:
+        n = len(video.labels)
+        return (not low <= action_share(video) <= high, not instances[0] <= n <= instances[1], n, video.name)
+
+    ranked = sorted(annotated, key=rank)
+    chosen, classes = [], set()
+    for video in ranked:  # first pass: new classes only
+        if len(chosen) < count and not classes & set(video.labels):
+            chosen.append(video)
+            classes.update(video.labels)
+    chosen += [v for v in ranked if v not in chosen][: count - len(chosen)]
+    return chosen
+
+
 def strongest_activations(cas: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """The ``top`` classes of ``cas`` [T, C] with the highest peak, their curves [T, top] and whether
     the curves were min-max scaled over time (done when any value lies outside [0, 1])."""

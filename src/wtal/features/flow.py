@@ -10,11 +10,10 @@ The recipe:
   features, when OpenCV has it -- it ships only in ``opencv-contrib-python``.
   Otherwise Farneback (``cv2.calcOpticalFlowFarneback`` with OpenCV's documented
   example parameters: pyramid scale 0.5, 3 levels, window 15, 3 iterations,
-  poly_n 5, poly_sigma 1.2), which is in every OpenCV build. Measured on one CPU
-  core (OpenCV 5.0) for a 224x224 frame pair: Farneback about 8 ms (0.13 s per
-  16-frame snippet), TV-L1 about 0.36 s (5.8 s per snippet), some 45 times slower.
-  TV-L1 is what published I3D flow features use, so features from the two methods
-  are *not* interchangeable (the manifest records which was used).
+  poly_n 5, poly_sigma 1.2), which is in every OpenCV build and far faster
+  (benchmarks/README.md). TV-L1 is what published I3D flow features use, so
+  features from the two methods are *not* interchangeable (the manifest records
+  which was used).
 * **Fields.** Field ``k`` is the flow from frame ``k`` to frame ``k + 1``
   ``[H, W, 2]`` as ``(dx, dy)`` in pixels (positive x to the right, positive y
   down). Snippet ``t`` holds fields ``16 t .. 16 t + 15``, so its last field looks
