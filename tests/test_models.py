@@ -210,6 +210,16 @@ def test_background_weight_ramps_in_over_the_warmup():
         torch.testing.assert_close(total, weight * 0.4 * losses["bg"])
 
 
+def test_background_weight_can_anneal_out_at_the_end():
+    cfg = make_cfg(bg_warmup=0.4, bg_anneal=0.25)
+    assert [cfg.ramp(p) for p in (0.0, 0.2, 0.4, 0.75, 0.875, 1.0)] == pytest.approx([0.0, 0.5, 1.0, 1.0, 0.5, 0.0])
+    overlapping = make_cfg(bg_warmup=0.5, bg_anneal=0.5)  # a triangle: the lower of rise and fall
+    assert [overlapping.ramp(p) for p in (0.25, 0.5, 0.75)] == pytest.approx([0.5, 1.0, 0.5])
+    assert make_cfg().ramp(1.0) == 1.0  # the default keeps the full weight to the end
+    with pytest.raises(WtalError, match="model.bg_anneal: expected a fraction in"):
+        load_config(None, ["model.bg_anneal=1.5"])
+
+
 def test_foreground_loss_matches_definition():
     features, mask, labels = make_batch()
     model = make_model(topk_r=3).eval()

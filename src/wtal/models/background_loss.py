@@ -7,7 +7,8 @@ takes BaS-Net's value (target ``[y, 1]``) with the pure-background gradient; C f
 (lambda x the per-snippet cross-entropy); D multiplies by lambda only the gradient that reaches the
 background channel. Under A and C, lambda scales the gradient exactly as ``bg_weight`` does, so only
 their product matters. The model adds ``ramp * bg_weight * L_bg`` to its base's loss, ``ramp`` rising
-linearly from 0 to 1 over the first ``bg_warmup`` of training. ``bg_balance="gradnorm"`` rescales,
+linearly from 0 to 1 over the first ``bg_warmup`` of training and, with ``bg_anneal``, falling back
+to 0 over its last part. ``bg_balance="gradnorm"`` rescales,
 each step, the loss's gradient at the forced scores to ``ramp * bg_weight`` times the norm of the
 base loss's gradient at the same scores (its direction kept).
 
@@ -44,6 +45,7 @@ class BackgroundLossConfig(ConfigChecks):
     bg_balance: str = "none"  # none | gradnorm: bg gradient at the forced scores = bg_weight x the base's [ours]
     bg_weight: float = 0.03  # weight of the background loss (reports/README.md says how it was chosen) [ours]
     bg_warmup: float = 0.5  # fraction of training over which bg_weight ramps up linearly from 0 [ours]
+    bg_anneal: float = 0.0  # fraction of training at its end over which bg_weight falls linearly to 0 (0: none) [ours]
 
     def validate(self, source: str = "config", prefix: str = "model") -> None:
         self.check(
@@ -54,12 +56,16 @@ class BackgroundLossConfig(ConfigChecks):
             non_negative=("bg_weight",),
             flags=("bg_loss",),
         )
-        if not 0 <= self.bg_warmup <= 1:
-            self.fail(source, "bg_warmup", "a fraction in [0, 1]", prefix)
+        for key in ("bg_warmup", "bg_anneal"):
+            if not 0 <= getattr(self, key) <= 1:
+                self.fail(source, key, "a fraction in [0, 1]", prefix)
 
     def ramp(self, progress: float) -> float:
-        """The weight's share at ``progress`` (the fraction of training done): 0 -> 1 over ``bg_warmup``."""
-        return min(1.0, progress / self.bg_warmup) if self.bg_warmup > 0 else 1.0
+        """The weight's share at ``progress`` (the fraction of training done): rising 0 -> 1 over the
+        first ``bg_warmup``, falling 1 -> 0 over the last ``bg_anneal`` (the lower of the two)."""
+        rise = min(1.0, progress / self.bg_warmup) if self.bg_warmup > 0 else 1.0
+        fall = min(1.0, (1.0 - progress) / self.bg_anneal) if self.bg_anneal > 0 else 1.0
+        return min(rise, fall)
 
 
 def forced_scores(parts: list[Tensor], base_total: Tensor, weight: float, cfg: BackgroundLossConfig) -> Tensor:
