@@ -313,3 +313,36 @@ def test_wtalc_refuses_malicious_pickle(tmp_path):
     with pytest.raises(WtalError, match="refused to load.*system"):
         load_dataset(cfg)
     assert not marker.exists()
+
+
+def test_training_videos_may_carry_video_level_labels_only(tmp_path):
+    from wtal.data.annotations import Annotations
+    from wtal.data.sampling import TrainBatches
+
+    cfg = write_canonical(tmp_path)
+    path = tmp_path / "annotations.json"
+    obj = json.loads(path.read_text())
+    for entry in obj["database"].values():  # the training videos: classes only, no segments
+        if entry["subset"] == "validation":
+            entry["labels"] = sorted({a["label"] for a in entry["annotations"]})
+            entry["annotations"] = []
+    path.write_text(json.dumps(obj))
+    weak = load_dataset(cfg)
+    full = load_dataset(write_canonical(tmp_path / "full"))
+    train = weak.videos("validation")
+    assert all(not len(v.segments) and v.weak_labels for v in train)
+    np.testing.assert_array_equal(weak.label_matrix(train), full.label_matrix(full.videos("validation")))
+    batch = next(TrainBatches(weak, "validation", 2, 16, "uniform", seed=0))
+    assert batch["labels"].sum() > 0
+    again = Annotations.from_activitynet(weak.annotations.to_activitynet(), "again")
+    for a, b in zip(again.videos.values(), weak.annotations.videos.values()):
+        assert (a.name, a.labels, a.weak_labels) == (b.name, b.labels, b.weak_labels)
+        np.testing.assert_array_equal(a.segments, b.segments)
+    obj["database"][train[0].name]["labels"] = ["NoSuchClass"]
+    path.write_text(json.dumps(obj))
+    with pytest.raises(WtalError, match=f"database\\['{train[0].name}'\\]: label 'NoSuchClass' is not one of"):
+        load_dataset(cfg)
+    obj["database"][train[0].name]["labels"] = "A"
+    path.write_text(json.dumps(obj))
+    with pytest.raises(WtalError, match=r"\.labels: expected a list of class names"):
+        load_dataset(cfg)

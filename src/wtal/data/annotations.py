@@ -19,7 +19,9 @@ class Video:
     """One video's annotation.
 
     ``segments`` is ``[N, 2]`` float64 (start, end) in seconds and ``labels``
-    holds the N class names; ``duration`` is in seconds.
+    holds the N class names; ``duration`` is in seconds. ``weak_labels`` are classes
+    the video contains without temporal annotation (what weak supervision trains on);
+    evaluation reads only ``segments`` and ``labels``.
     """
 
     name: str
@@ -27,11 +29,12 @@ class Video:
     duration: float
     segments: np.ndarray
     labels: tuple[str, ...]
+    weak_labels: tuple[str, ...] = ()
 
     @property
     def video_labels(self) -> tuple[str, ...]:
-        """The distinct class names present in the video, sorted."""
-        return tuple(sorted(set(self.labels)))
+        """The distinct class names present in the video (annotated or weak), sorted."""
+        return tuple(sorted(set(self.labels) | set(self.weak_labels)))
 
 
 @dataclass
@@ -64,7 +67,7 @@ class Annotations:
     def label_vector(self, video: Video) -> np.ndarray:
         """Multi-hot ``[C]`` float32 vector of the video's classes."""
         vector = np.zeros(len(self.classes), dtype=np.float32)
-        for name in video.labels:
+        for name in video.video_labels:
             vector[self.class_index[name]] = 1.0
         return vector
 
@@ -80,6 +83,8 @@ class Annotations:
                     for (s, e), label in zip(video.segments.tolist(), video.labels)
                 ],
             }
+            if video.weak_labels:
+                database[video.name]["labels"] = list(video.weak_labels)
             if video.name in self.ambiguous:
                 database[video.name]["ambiguous"] = self.ambiguous[video.name].tolist()
         return {"classes": list(self.classes), "database": database}
@@ -118,12 +123,16 @@ class Annotations:
                 if not isinstance(ann["label"], str):
                     raise WtalError(f"{field_name}.label: expected a string, found {ann['label']!r}")
                 labels.append(ann["label"])
+            weak = entry.get("labels", [])
+            if not isinstance(weak, list) or not all(isinstance(label, str) for label in weak):
+                raise WtalError(f"{where}.labels: expected a list of class names (the video's classes), found {weak!r}")
             videos[name] = Video(
                 name=name,
                 subset=subset,
                 duration=duration,
                 segments=np.asarray(segments, dtype=np.float64).reshape(-1, 2),
                 labels=tuple(labels),
+                weak_labels=tuple(weak),
             )
             if "ambiguous" in entry:
                 if not isinstance(entry["ambiguous"], list):
@@ -131,7 +140,7 @@ class Annotations:
                 ambiguous[name] = np.asarray(
                     [_segment(s, f"{where}.ambiguous") for s in entry["ambiguous"]], dtype=np.float64
                 ).reshape(-1, 2)
-        found = sorted({label for v in videos.values() for label in v.labels})
+        found = sorted({label for v in videos.values() for label in v.video_labels})
         if classes is None:
             classes = obj.get("classes") or found
             if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -139,7 +148,7 @@ class Annotations:
         classes = tuple(classes)
         known = set(classes)
         for video in videos.values():
-            for label in video.labels:
+            for label in video.video_labels:
                 if label not in known:
                     raise WtalError(
                         f"{source}: database[{video.name!r}]: label {label!r} is not one of the "

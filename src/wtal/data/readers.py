@@ -306,10 +306,11 @@ def _restrict(annotations: Annotations, cfg: DataConfig) -> Annotations:
         restricted = {}
         for name, video in videos.items():
             chosen = [i for i, label in enumerate(video.labels) if label in keep]
-            if video.labels and not chosen:
+            weak = tuple(label for label in video.weak_labels if label in keep)
+            if video.video_labels and not (chosen or weak):
                 continue
             restricted[name] = dataclasses.replace(
-                video, segments=video.segments[chosen], labels=tuple(video.labels[i] for i in chosen)
+                video, segments=video.segments[chosen], labels=tuple(video.labels[i] for i in chosen), weak_labels=weak
             )
         videos, classes = restricted, tuple(cfg.classes)
     ambiguous = {name: a for name, a in annotations.ambiguous.items() if name in videos}
