@@ -122,7 +122,7 @@ def _print_result(metrics: dict, thresholds) -> None:
 
 
 def _cmd_localize(args) -> int:
-    from wtal.engine.inference import detect, predict, resolve_device
+    from wtal.engine.inference import detect, predict, resolve_device, score_detections
     from wtal.engine.trainer import load_run
 
     cfg, dataset, model = load_run(args.run, args.checkpoint, args.device, args.overrides)
@@ -138,6 +138,8 @@ def _cmd_localize(args) -> int:
     detections.save(out)
     print(f"wrote {len(detections)} detections for {len(videos)} videos to {out}")
     if any(len(video.segments) for video in videos):
+        result, cls_map = score_detections(detections, scores, dataset, cfg, subset)
+        _print_result({**result.to_json(), "cls_mAP": cls_map}, cfg.eval.thresholds)
         print(_attention_line(scores, dataset.annotations, f"subset {subset!r}"))
     return 0
 
