@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from wtal.errors import WtalError
 from wtal.localize import localize_video
@@ -130,3 +131,58 @@ def assert_proposals_match(model, outputs: dict, cfg, seconds: float, duration: 
     assert len(ours) == len(theirs), (len(ours), len(theirs))
     np.testing.assert_allclose(_by_segment(ours), _by_segment(theirs), atol=1e-5, rtol=1e-5)
     return len(theirs)
+
+
+class DropoutReplay:
+    """The authors' dropout draws recorded in a parity fixture (keep masks ``mask/<i>`` and rates
+    ``mask_p``, in their call order), handed out again in that order.
+
+    Every draw checks that it is the authors' next one: same rate, same shape. ``calls`` holds the
+    rates of the draws made so far; :meth:`assert_all_replayed` then checks there were as many as
+    the authors'.
+    """
+
+    def __init__(self, ref):
+        self.rates = [float(p) for p in np.asarray(ref["mask_p"])]
+        self.masks = [torch.as_tensor(np.asarray(ref[f"mask/{i}"])) for i in range(len(self.rates))]
+        self.calls: list[float] = []
+
+    def take(self, shape, p: float) -> Tensor:
+        """The next recorded keep mask (1 kept, 0 dropped) for a draw at rate ``p`` of ``shape``."""
+        i = len(self.calls)
+        assert i < len(self.masks), f"dropout call {i}: the authors' code makes only {len(self.masks)}"
+        self.calls.append(p)
+        assert p == pytest.approx(self.rates[i]), f"dropout call {i}: rate {p}, the authors' {self.rates[i]}"
+        expected = tuple(self.masks[i].shape)
+        assert tuple(shape) == expected, f"dropout call {i}: shape {tuple(shape)}, the authors' {expected}"
+        return self.masks[i].float()
+
+    def dropout(self, input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+        """Stands in for ``torch.nn.functional.dropout`` (which ``nn.Dropout`` calls)."""
+        assert training, "a dropout call outside training mode"
+        return input * self.take(input.shape, p).to(input.dtype) / (1 - p)
+
+    def assert_all_replayed(self) -> None:
+        made, theirs = len(self.calls), len(self.rates)
+        assert made == theirs, f"{made} dropout calls, the authors' code makes {theirs}"
+        assert self.calls == pytest.approx(self.rates)
+
+
+def replay_dropout(monkeypatch, ref) -> DropoutReplay:
+    """Replace ``torch.nn.functional.dropout`` (for the test) by a replay of ``ref``'s recorded draws."""
+    replay = DropoutReplay(ref)
+    monkeypatch.setattr(torch.nn.functional, "dropout", replay.dropout)
+    return replay
+
+
+def assert_gradients_match_the_authors(model, ref, close) -> None:
+    """Every parameter's gradient equals the authors' ``grad/<their name>`` in ``ref`` (``close``:
+    the test's comparison); a parameter their forward never uses (mapped to None) has none there."""
+    params = dict(model.named_parameters())
+    names = model.authors_names or {name: name for name in params}
+    for theirs, ours in names.items():
+        if ours is None:
+            assert f"grad/{theirs}" not in ref, theirs  # built but never called: no gradient
+            continue
+        close(params[ours].grad, ref[f"grad/{theirs}"])
+    assert {ours for ours in names.values() if ours} == set(params)

@@ -3,13 +3,16 @@
 The fixture holds the authors' BaS_Net (Pilhyeon/BaSNet-pytorch, widths patched to 16 / 24) at
 its seeded default initialisation, a batch of 4 videos x 32 snippets x 32 features with 5
 classes, the eval-mode forward outputs, the authors' test-time min-max normalisation of the
-suppression CAS and every term of BaS_Net_loss (alpha 1e-4). A second fixture,
+suppression CAS and every term of BaS_Net_loss (alpha 1e-4). tests/fixtures/parity_basnet_train.npz
+holds the same model in training mode on another batch: the two dropout keep masks it drew
+(``mask/<i>``), its outputs, every loss term and the gradient of every parameter. A third fixture,
 tests/fixtures/parity_basnet_proposals.npz, holds the proposals their test loop makes from seeded
 suppression-branch logits of 750-snippet videos. See tests/fixtures/README.md.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +26,18 @@ from wtal.models.basnet import BaSNetConfig
 
 from model_checks import (
     assert_authors_mapping,
+    assert_gradients_match_the_authors,
     assert_proposals_match,
     assert_pytorch_default_conv_init,
     assert_seeded_init_equals_the_authors,
+    replay_dropout,
 )
 
 torch.set_num_threads(1)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "parity_basnet.npz"
 PROPOSALS = Path(__file__).resolve().parent / "fixtures" / "parity_basnet_proposals.npz"
+TRAIN = Path(__file__).resolve().parent / "fixtures" / "parity_basnet_train.npz"
 SNIPPET_SECONDS = 16 / 25  # the authors' 16 frames per snippet at 25 fps
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 LOSS_KEYS = {"total": "loss_total", "base": "loss_base", "supp": "loss_supp", "norm": "loss_norm"}
@@ -106,6 +112,35 @@ def test_loss_matches_the_authors(ref):
         losses = model.loss(model(features, mask), labels, mask)
     for ours, theirs in LOSS_KEYS.items():
         torch.testing.assert_close(losses[ours], ref[f"loss/{theirs}"], **TOL)
+
+
+@pytest.fixture(scope="module")
+def train_ref() -> dict[str, torch.Tensor]:
+    with np.load(TRAIN) as data:
+        return {key: torch.from_numpy(np.asarray(data[key])) for key in data.files}
+
+
+def test_training_mode_matches_the_authors_with_their_dropout_masks(train_ref, monkeypatch):
+    """Training mode, dropout on: the authors' two recorded keep masks replayed (rate 0.7 before
+    the classifier, the base branch's draw first, then the suppression branch's) give their
+    outputs, every loss term, the total and the gradient of every parameter."""
+    model = loaded(train_ref).train()
+    replay = replay_dropout(monkeypatch, train_ref)
+    features, labels = train_ref["features"], train_ref["labels"]
+    mask = torch.ones(features.shape[:2], dtype=torch.bool)
+    out = model(features, mask)
+    replay.assert_all_replayed()
+    torch.testing.assert_close(out["attention"], train_ref["train/out/fore_weights"][..., 0], **TOL)
+    for branch in ("base", "supp"):
+        logits = out[f"{branch}_logits"]
+        torch.testing.assert_close(logits, train_ref[f"train/out/cas_{branch}"], **TOL)
+        scores = model.video_probabilities(logits, mask)
+        torch.testing.assert_close(scores, train_ref[f"train/out/score_{branch}"], **TOL)
+    losses = model.loss(out, labels, mask)
+    for ours, theirs in LOSS_KEYS.items():
+        torch.testing.assert_close(losses[ours], train_ref[f"train/loss/{theirs}"], **TOL)
+    losses["total"].backward()
+    assert_gradients_match_the_authors(model, train_ref, partial(torch.testing.assert_close, **TOL))
 
 
 def test_scores_match_the_authors_test_time_quantities(ref):

@@ -1,7 +1,8 @@
-"""CO2-Net against its authors' code: the same weights give the same outputs, losses and proposals.
+"""CO2-Net against its authors' code: the same weights give the same outputs, losses, proposals and,
+in training mode with the authors' dropout masks, gradients.
 
-``tests/fixtures/parity_co2net.npz`` was made by running the authors' code (reduced widths,
-CPU); ``tests/fixtures/README.md`` says how.
+``tests/fixtures/parity_co2net.npz`` and ``parity_co2net_train.npz`` were made by running the
+authors' code (reduced widths, CPU); ``tests/fixtures/README.md`` says how.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from wtal.config import load_config
 from wtal.models.co2net import AUTHORS_STATE_DICT_NAMES, CO2Net, CO2NetConfig
 from wtal.errors import WtalError
 
-from model_checks import assert_proposals_match
+from model_checks import assert_gradients_match_the_authors, assert_proposals_match, replay_dropout
 
 torch.set_num_threads(1)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "parity_co2net.npz"
+TRAIN = Path(__file__).parent / "fixtures" / "parity_co2net_train.npz"
 WIDTH, EMBED, ATTENTION, CLASSES = 32, 32, 8, 5
 SNIPPET_SECONDS = 16 / 25
+TERMS = ("orig", "supp", "coactivity", "mutual", "norm", "guide", "total")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +61,35 @@ def test_forward_and_every_loss_term_match_the_authors(ref):
     close(out["fused"], ref["out/feat"])
     for name in ("orig", "supp", "coactivity", "mutual", "norm", "guide", "total"):
         close(losses[name], ref[f"loss/{name}"])
+
+
+@pytest.fixture(scope="module")
+def train_ref():
+    with np.load(TRAIN) as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_training_mode_matches_the_authors_with_their_dropout_masks(train_ref, monkeypatch):
+    """Training mode, dropout on: the authors' 11 recorded keep masks replayed in their order (per
+    consensus module, rate 0.5: global context, local context, the attention head's two; then,
+    rate 0.7, the fusion's and the classifier's two) give their outputs, every loss term, the
+    total and the gradient of every parameter."""
+    model = authors_model(train_ref).train()
+    replay = replay_dropout(monkeypatch, train_ref)
+    features, labels = torch.from_numpy(train_ref["features"]), torch.from_numpy(train_ref["labels"])
+    mask = torch.ones(features.shape[:2], dtype=torch.bool)
+    out = model(features, mask)
+    replay.assert_all_replayed()
+    close(out["cas_logits"], train_ref["train/out/cas"])
+    close(out["attention"], train_ref["train/out/attn"][..., 0])
+    close(out["attention_rgb"], train_ref["train/out/v_atn"][..., 0])
+    close(out["attention_flow"], train_ref["train/out/f_atn"][..., 0])
+    close(out["fused"], train_ref["train/out/feat"])
+    losses = model.loss(out, labels, mask)
+    for name in TERMS:
+        close(losses[name], train_ref[f"train/loss/{name}"])
+    losses["total"].backward()
+    assert_gradients_match_the_authors(model, train_ref, close)
 
 
 def test_padding_leaves_the_authors_numbers_unchanged(ref):

@@ -23,7 +23,7 @@ from wtal.models.co2net import CO2Net, CO2NetConfig
 from wtal.models.delu import DELU, DELUConfig, easy_to_hard_curve, evidential_loss, uncertainty_guide_loss
 
 from model_checks import C, LENGTHS, assert_authors_mapping, assert_padding_invariance, assert_proposals_match
-from model_checks import assert_scores_contract, make_batch
+from model_checks import assert_gradients_match_the_authors, assert_scores_contract, make_batch, replay_dropout
 
 torch.set_num_threads(1)
 
@@ -95,36 +95,18 @@ def test_training_mode_gradients_match_with_the_authors_dropout_masks(ref, monke
     """Training mode with the authors' recorded dropout masks (``mask/<i>``, in call order) replayed:
     the same outputs, every loss term and every parameter's gradient."""
     model = authors_model(ref).train()
-    masks = [torch.from_numpy(ref[f"mask/{i}"]) for i in range(len(ref["mask_p"]))]
-    calls = []
-
-    def replay(input, p=0.5, training=True, inplace=False):
-        assert training
-        i = len(calls)
-        calls.append(p)
-        assert p == pytest.approx(float(ref["mask_p"][i])) and masks[i].shape == input.shape
-        return input * masks[i] / (1 - p)
-
-    monkeypatch.setattr(torch.nn.functional, "dropout", replay)
+    replay = replay_dropout(monkeypatch, ref)
     features, labels = torch.from_numpy(ref["features"]), torch.from_numpy(ref["labels"])
     mask = torch.ones(features.shape[:2], dtype=torch.bool)
     model.progress = progress_at(ref, ref["train/itr"])
     out = model(features, mask)
-    assert len(calls) == len(masks)
+    replay.assert_all_replayed()
     check_outputs(out, ref, "train/")
     losses = model.loss(out, labels, mask)
     for name in CO2NET_TERMS + ("edl", "uct_guide", "total"):
         close(losses[name], ref[f"train/loss/{name}"])
     losses["total"].backward()
-    grads = {ours: p.grad for ours, p in model.named_parameters()}
-    compared = 0
-    for theirs, ours in model.authors_names.items():
-        if ours is None:
-            assert f"grad/{theirs}" not in ref  # feat_encoder: never called, no gradient
-            continue
-        close(grads[ours], ref[f"grad/{theirs}"])
-        compared += 1
-    assert compared == len(grads)
+    assert_gradients_match_the_authors(model, ref, close)
 
 
 def test_padded_videos_of_other_lengths_get_what_each_gets_alone(ref):

@@ -10,13 +10,17 @@ r_bkg 4, and UM_loss with margin 13.5, alpha (our um_weight) 0.01, beta (our be_
   normalised CAS (test.py).
 
 Their CAS dropout is off; their snippet dropout of the pseudo action/background selection is on
-and its draw is recorded as ``keep``, which our forward accepts. A second fixture,
+and its draw is recorded as ``keep``, which our forward accepts. tests/fixtures/parity_um_train.npz
+holds the same model in training mode with both dropouts on (``train/*``, another batch): the keep
+masks they drew in call order (``mask/0`` the CAS dropout, ``mask/1`` the snippet dropout), the
+outputs, every loss term and the gradient of every parameter. A third fixture,
 tests/fixtures/parity_um_proposals.npz, holds the proposals their test loop makes from seeded
 logits and actionness of videos scored on up to 750 snippets. See tests/fixtures/README.md.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +34,18 @@ from wtal.models.um import UMConfig
 
 from model_checks import (
     assert_authors_mapping,
+    assert_gradients_match_the_authors,
     assert_proposals_match,
     assert_pytorch_default_conv_init,
     assert_seeded_init_equals_the_authors,
+    replay_dropout,
 )
 
 torch.set_num_threads(1)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "parity_um.npz"
 PROPOSALS = Path(__file__).resolve().parent / "fixtures" / "parity_um_proposals.npz"
+TRAIN = Path(__file__).resolve().parent / "fixtures" / "parity_um_train.npz"
 SNIPPET_SECONDS = 16 / 25  # the authors' 16 frames per snippet at 25 fps
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 LOSS_KEYS = {"total": "loss_total", "cls": "loss_cls", "um": "loss_um", "be": "loss_be"}
@@ -148,6 +155,38 @@ def test_loss_matches_the_authors(ref):
         losses = model.loss(model(features, mask, keep=ref["batch/keep"].bool()), labels, mask)
     for ours, theirs in LOSS_KEYS.items():
         torch.testing.assert_close(losses[ours], ref[f"batch/{theirs}"], **TOL)
+
+
+@pytest.fixture(scope="module")
+def train_ref() -> dict[str, torch.Tensor]:
+    with np.load(TRAIN) as data:
+        return {key: torch.from_numpy(np.asarray(data[key])) for key in data.files}
+
+
+def test_training_mode_matches_the_authors_with_their_dropout_masks(train_ref, monkeypatch):
+    """Training mode, both dropouts on: the authors' two recorded draws replayed in their order
+    (the CAS dropout before the classifier, rate 0.7, then the snippet dropout of the pseudo
+    action/background mining, rate 0.7, which wtal draws with ``torch.rand_like``) give their
+    outputs, selections, every loss term, the total and the gradient of every parameter."""
+    model = loaded(train_ref).train()
+    replay = replay_dropout(monkeypatch, train_ref)
+
+    def snippet_draw(magnitude):
+        """The draw's stand-in: 1 on a kept snippet, 0 on a dropped one, so that wtal's
+        ``>= select_dropout`` keeps the snippets the authors' recorded draw kept."""
+        return replay.take(magnitude.shape, model.cfg.select_dropout).to(magnitude.dtype)
+
+    monkeypatch.setattr(torch, "rand_like", snippet_draw)
+    features, labels = train_ref["train/features"], train_ref["train/labels"]
+    mask = torch.ones(features.shape[:2], dtype=torch.bool)
+    out = model(features, mask)
+    replay.assert_all_replayed()
+    check_forward(out, train_ref, "train", mask)
+    losses = model.loss(out, labels, mask)
+    for ours, theirs in LOSS_KEYS.items():
+        torch.testing.assert_close(losses[ours], train_ref[f"train/{theirs}"], **TOL)
+    losses["total"].backward()
+    assert_gradients_match_the_authors(model, train_ref, partial(torch.testing.assert_close, **TOL))
 
 
 def test_padded_batch_matches_the_authors_videos_run_alone(ref):

@@ -4,7 +4,9 @@ tests/fixtures/parity_wtalc.npz holds a batch of 8 videos (D = H = 16, C = 5, le
 zero rows as padding; the first 6 videos are 3 same-class pairs), the authors' freshly
 initialised parameters under their state_dict names (``param/<name>``), their eval-mode
 outputs (``out/``), their MILL, CASL and total loss (Lambda 0.5; ``loss/``) and the gradients
-of that total (``grad/<name>``). tests/fixtures/parity_wtalc_proposals.npz holds the segments
+of that total (``grad/<name>``). tests/fixtures/parity_wtalc_train.npz holds the same quantities
+for another batch with the authors' model in training mode, its dropout on, and the keep mask it
+drew (``mask/0``). tests/fixtures/parity_wtalc_proposals.npz holds the segments
 their detection code (detectionMAP.getLocMAP) predicts from seeded logits of 8 test videos. See
 tests/fixtures/README.md for how they are made.
 """
@@ -12,6 +14,7 @@ tests/fixtures/README.md for how they are made.
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +27,13 @@ from wtal.losses import topk_mean, video_cross_entropy
 from wtal.models import build_model
 from wtal.models.wtalc import AUTHORS_STATE_DICT_NAMES, WTALC, WTALCConfig
 
-from model_checks import assert_proposals_match
+from model_checks import assert_gradients_match_the_authors, assert_proposals_match, replay_dropout
 
 torch.set_num_threads(1)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "parity_wtalc.npz"
 PROPOSALS = Path(__file__).resolve().parent / "fixtures" / "parity_wtalc_proposals.npz"
+TRAIN = Path(__file__).resolve().parent / "fixtures" / "parity_wtalc_train.npz"
 SNIPPET_SECONDS = 16 / 25  # the authors' 16 frames per snippet at 25 fps
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -84,8 +88,30 @@ def test_gradients_match_the_authors(fixture):
     model = authors_model(fixture)
     features, mask, labels = batch(fixture)
     model.loss(model(features, mask), labels, mask)["total"].backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, fixture[f"grad/{name}"], **TOL)
+    assert_gradients_match_the_authors(model, fixture, partial(torch.testing.assert_close, **TOL))
+
+
+@pytest.fixture(scope="module")
+def train_fixture():
+    with np.load(TRAIN) as data:
+        return {key: torch.from_numpy(np.asarray(data[key])) for key in data.files}
+
+
+def test_training_mode_matches_the_authors_with_their_dropout_masks(train_fixture, monkeypatch):
+    """Training mode, dropout on: the authors' recorded keep mask replayed (one draw, rate 0.7,
+    after the fully connected layer) gives their outputs, MILL, CASL, total and every gradient."""
+    model = authors_model(train_fixture).train()
+    replay = replay_dropout(monkeypatch, train_fixture)
+    features, mask, labels = batch(train_fixture)
+    out = model(features, mask)
+    replay.assert_all_replayed()
+    for ours, theirs in (("embedding", "train/out/embedding"), ("cas_logits", "train/out/element_logits")):
+        torch.testing.assert_close(out[ours][mask], train_fixture[theirs][mask], **TOL)
+    losses = model.loss(out, labels, mask)
+    for key in ("mil", "casl", "total"):
+        torch.testing.assert_close(losses[key], train_fixture[f"train/loss/{key}"], **TOL)
+    losses["total"].backward()
+    assert_gradients_match_the_authors(model, train_fixture, partial(torch.testing.assert_close, **TOL))
 
 
 def test_fixture_tells_ceil_k_from_floor_k(fixture):
