@@ -664,7 +664,7 @@ def test_gradnorm_balance_sets_the_background_gradient_norm_to_bg_weight_times_t
 
 
 def test_the_co2net_base_needs_both_modalities():
-    with pytest.raises(WtalError, match=r"data.modality: expected both .*model.base.name=co2net.*found 'rgb'.*model.base=plain"):
+    with pytest.raises(WtalError, match=r"data.modality: expected both .*model.base.name=co2net.*found 'rgb'.*model.base=basnet \| mil \| plain \| um \| wtalc\)"):
         load_config(None, ["data.modality=rgb"])
     with pytest.raises(WtalError, match=r"data.modality: expected both with model.name=co2net.*found 'flow'.*mil or basnet"):
         load_config(None, ["model.name=co2net", "data.modality=flow"])

@@ -3,7 +3,8 @@
 It forces the whole video (scores pooled over every real snippet: their mean, or the base's top-k)
 to the background channel, the last of [B, T, C+1] scores, against the base's own foreground loss.
 ``reading`` says how lambda reinforces its gradient: A multiplies the loss's gradient by lambda; B
-takes BaS-Net's value (target ``[y, 1]``) with the pure-background gradient; C forces each snippet
+takes the value against the target ``[y, 1]`` (the video's classes and background) with the
+pure-background gradient; C forces each snippet
 (lambda x the per-snippet cross-entropy); D multiplies by lambda only the gradient that reaches the
 background channel. Under A and C, lambda scales the gradient exactly as ``bg_weight`` does, so only
 their product matters. The model adds ``ramp * bg_weight * L_bg`` to its base's loss, ``ramp`` rising
@@ -40,7 +41,7 @@ class BackgroundLossConfig(ConfigChecks):
     bg_loss: bool = True  # whole-video background loss on (false: without it) [ours]
     bg_input: str = "cas"  # scores forced to background: cas (the classifier's) | cas_fg (attention-suppressed) [ours]
     bg_pool: str = "mean"  # background pooling over real snippets: mean | topk (the base's top-k ratio) [ours]
-    reading: str = "A"  # reinforcement: A grad-scale | B BaS-Net value, bg gradient | C per snippet | D bg channel [ours]
+    reading: str = "A"  # reinforcement: A grad-scale | B [y, 1] value, bg gradient | C per snippet | D bg channel [ours]
     lam: float = 1.0  # reinforcement lambda (A, C: gradient-equivalent to bg_weight * lam; D: bg channel only) [ours]
     bg_balance: str = "none"  # none | gradnorm: bg gradient at the forced scores = bg_weight x the base's [ours]
     bg_weight: float = 0.03  # weight of the background loss (reports/README.md says how it was chosen) [ours]

@@ -104,6 +104,10 @@ class ModelConfig(ConfigChecks):
         return "e.g. model.name=mil or basnet"
 
 
+# The base a model that wraps one (whole_video_bg, model.base) starts from: the paper is evaluated in
+# CO2-Net's protocol and compared against it.
+DEFAULT_BASE = "co2net"
+
 _MODELS: dict[str, tuple[type[nn.Module], type[ModelConfig]]] = {}
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from wtal.models.registry import ConfigChecks
 
-NEGATIVE_SLOPE = 0.2  # LeakyReLU slope of the branches [as CO2-Net's]
+NEGATIVE_SLOPE = 0.2  # LeakyReLU slope of the branches [ours]
 DILATIONS = (1, 2, 4)  # continuity="dilated": a stack of k=3 convs with these dilations
 
 TEN_CHOICES = {

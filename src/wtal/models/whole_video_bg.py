@@ -13,9 +13,9 @@ the base only through the interface of :class:`~wtal.models.base.WtalModel`:
   the background channel, and is added, weighted and ramped in, to the base's own loss. A base
   without a background channel gets one more classifier output for it (trained by this loss
   alone), only when the loss is on;
-* ``coactivity_input="unenhanced"``: the base's own loss terms that read features (CO2-Net's,
-  DELU's and W-TALC's co-activity loss) read them from before the TEN, so that they keep shaping
-  the base's features rather than being met by the TEN's output.
+* ``coactivity_input="unenhanced"``: the base's own loss terms that read features (a co-activity
+  loss) read them from before the TEN, so that they keep shaping the base's features rather than
+  being met by the TEN's output.
 
 With ``ten=off`` and ``bg_loss=false`` the model computes exactly its base (tests/test_models.py).
 Why the defaults are what they are, with the runs behind each: reports/README.md.
@@ -35,11 +35,8 @@ from wtal.errors import WtalError
 from wtal.localize import InferenceConfig
 from wtal.models.background_loss import BackgroundLossConfig, background_loss, forced_scores
 from wtal.models.base import WtalModel
-from wtal.models.registry import ModelConfig, build_model, model_config_class, register_model
+from wtal.models.registry import DEFAULT_BASE, ModelConfig, available_models, build_model, model_config_class, register_model
 from wtal.models.ten import TemporalEnhancement, TENConfig
-
-DEFAULT_BASE = "co2net"  # the paper is evaluated in CO2-Net's protocol and compared against it
-
 
 def _default_base() -> ModelConfig:
     return model_config_class(DEFAULT_BASE)(name=DEFAULT_BASE)
@@ -77,14 +74,16 @@ class WholeVideoBgConfig(BackgroundLossConfig, TENConfig, ModelConfig):
         self.base.validate(source, f"{prefix}.base")
 
     def two_streams(self) -> bool:
-        """The base's (CO2-Net reads RGB and flow as two streams)."""
+        """The base's."""
         return self.base.two_streams()
 
     def describe(self) -> str:
         return f"model.name={self.name} on model.base.name={self.base.name}"
 
     def single_stream_hint(self) -> str:
-        return "model.base=plain"
+        """The registered bases that read one stream."""
+        single = [name for name in available_models() if name != self.name and not model_config_class(name)().two_streams()]
+        return "model.base=" + " | ".join(single)
 
     @property
     def similar_pairs(self) -> int:
