@@ -55,9 +55,9 @@ def test_curves_command_prints_best_and_last_and_writes_a_png(tmp_path, capsys):
     assert main(["curves", str(tmp_path / "a"), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "100:40.00 200:52.50* 300:50.00" in text
-    assert "best 52.50 at step 200; last 50.00 at step 300 (-2.50 from the best); mean of the last 3: 47.50" in text
+    assert "best 52.50 at step 200; last 50.00 at step 300 (-2.50 from the best); the last 3: mean 47.50, spread 12.50" in text
     assert main(["curves", str(tmp_path / "a"), "--out", str(out), "--tail", "2"]) == 0
-    assert "mean of the last 2: 51.25" in capsys.readouterr().out
+    assert "the last 2: mean 51.25, spread 2.50, lowest -2.50 from the best" in capsys.readouterr().out
     assert out.stat().st_size > 5_000
     assert main(["curves", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "missing/metrics.jsonl: file not found" in capsys.readouterr().err

@@ -284,7 +284,8 @@ def _cmd_curves(args) -> int:
         print(f"{name}: {row}")
         tail = values[-args.tail :]
         print(f"  best {values[best]:.2f} at step {steps[best]}; last {values[-1]:.2f} at step {steps[-1]} "
-              f"({values[-1] - values[best]:+.2f} from the best); mean of the last {len(tail)}: {tail.mean():.2f}")
+              f"({values[-1] - values[best]:+.2f} from the best); the last {len(tail)}: mean {tail.mean():.2f}, "
+              f"spread {tail.max() - tail.min():.2f}, lowest {tail.min() - values[best]:+.2f} from the best")
     print(f"wrote {plot_curves(args.out, curves, args.metric)}")
     return 0
 
@@ -441,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "difference at each evaluation with its 95 %% interval")
     p.add_argument("--metric", default="avg", help="a key of the test lines of metrics.jsonl (default avg)")
     p.add_argument("--out", default="curves.png", help="PNG to write")
-    p.add_argument("--tail", type=_positive_int, default=5, help="evaluations the closing mean covers (default 5)")
+    p.add_argument("--tail", type=_positive_int, default=5, help="the last evaluations summarised by their mean and spread (default 5)")
     p.set_defaults(func=_cmd_curves)
 
     p = sub.add_parser("demo", help="synthetic THUMOS14 -> train the paper's model -> mAP table and timeline")
