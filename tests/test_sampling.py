@@ -211,3 +211,38 @@ def test_similar_pairs_refuse_a_batch_too_small_or_no_class_with_two_videos():
         TrainBatches(make_dataset(), "train", 5, 8, "resample", 0, similar_pairs=3)
     with pytest.raises(WtalError, match="no class has two training videos"):
         TrainBatches(make_dataset({"a": 3, "bg": 4}), "train", 2, 8, "resample", 0, similar_pairs=1)
+
+
+def test_batch_draw_with_replacement_draws_every_row_uniformly_at_each_step():
+    """CO2-Net's and DELU's code: np.random.choice over all training videos at every step, so a
+    batch may hold a video twice and nothing follows epochs."""
+    names = sorted(set(LENGTHS) - {"bg"})
+    batches = TrainBatches(make_dataset(), "train", 4, 8, "uniform", seed=0, draw="with_replacement")
+    counts = dict.fromkeys(names, 0)
+    repeated = 0
+    for _ in range(2000):
+        videos = next(batches)["videos"]
+        repeated += len(set(videos)) < len(videos)
+        for name in videos:
+            counts[name] += 1
+    assert repeated > 0 and batches.epoch == 0
+    assert all(abs(n / 8000 - 1 / len(names)) < 0.02 for n in counts.values())
+    state = json.loads(json.dumps(batches.state_dict()))
+    expected = _stream(batches, 3)
+    resumed = TrainBatches(make_dataset(), "train", 4, 8, "uniform", seed=9, draw="with_replacement")
+    resumed.load_state_dict(state)
+    assert _same(_stream(resumed, 3), expected)
+
+
+def test_batch_draw_epochs_short_last_ends_each_epoch_with_what_is_left():
+    """UM's DataLoader (shuffle, drop_last=False): 5 videos in batches of 2 give 2, 2, 1 per epoch,
+    each epoch every video once; the default epochs draw fills every batch, across epochs."""
+    short = TrainBatches(make_dataset(), "train", 2, 8, "uniform", seed=0, draw="epochs_short_last")
+    epochs = [[next(short)["videos"] for _ in range(3)] for _ in range(2)]
+    for batches in epochs:
+        assert [len(b) for b in batches] == [2, 2, 1]
+        assert sorted(sum(batches, [])) == sorted(set(LENGTHS) - {"bg"})
+    full = TrainBatches(make_dataset(), "train", 2, 8, "uniform", seed=0)
+    assert [len(next(full)["videos"]) for _ in range(6)] == [2] * 6
+    with pytest.raises(WtalError, match=r"data.batch_draw: expected one of \['epochs', 'with_replacement'"):
+        TrainBatches(make_dataset(), "train", 2, 8, "uniform", seed=0, draw="cyclic")

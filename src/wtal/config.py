@@ -40,6 +40,7 @@ class DataConfig:
     feature_dim: int = 2048  # stored feature width (rgb + flow) expected in the files
     max_seqlen: int = 320  # snippets sampled per training video
     sampling: str = "random_perturb"  # resample (UM, CO2-Net: every video to max_seqlen) | random_perturb | uniform | crop
+    batch_draw: str = "epochs"  # epochs (shuffled, full batches) | with_replacement (W-TALC, CO2-Net, DELU) | epochs_short_last (BaS-Net, UM)
     cache: bool = True  # keep features in memory after first read
     val_fraction: float = 0.0  # share of train_subset's videos held out for train.select=best_val
     val_seed: int = 0  # seeds the held-out draw (fixed across train.seed, so seeds share one split)
@@ -260,6 +261,7 @@ _CHOICES = {
     ("data", "layout"): ("canonical", "wtalc", "per_video"),
     ("data", "modality"): ("rgb", "flow", "both"),
     ("data", "sampling"): ("resample", "random_perturb", "uniform", "crop"),
+    ("data", "batch_draw"): ("epochs", "with_replacement", "epochs_short_last"),
     ("train", "select"): ("best_test", "best_val", "last"),
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "scheduler"): ("none", "cosine", "step"),

@@ -28,6 +28,7 @@ import torch
 from wtal.errors import WtalError
 
 SAMPLINGS = ("resample", "random_perturb", "uniform", "crop")
+BATCH_DRAWS = ("epochs", "with_replacement", "epochs_short_last")
 
 
 def resample_indices(length: int, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -96,11 +97,16 @@ class TrainBatches:
     ``next(batches)`` gives ``{"features": [B, L, D] float32, "mask": [B, L]
     bool, "labels": [B, C] float32 multi-hot, "videos": list of B names}``
     with L the longest sampled length in the batch (``<= max_seqlen``).
-    Videos are drawn in shuffled epochs; a batch may span two epochs. With
+    ``draw`` says how the videos of a batch are drawn: ``epochs``, shuffled epochs, a batch
+    spanning two epochs where one runs out (every batch full); ``with_replacement``, each
+    video uniformly from all of them at every step, no epochs (W-TALC's, CO2-Net's and DELU's
+    code); ``epochs_short_last``, shuffled epochs whose last batch holds what is left (a torch
+    DataLoader with ``shuffle=True, drop_last=False``: BaS-Net's and UM's code). With
     ``similar_pairs`` = P > 0 the first 2P rows are P pairs: a class drawn uniformly
     (with replacement) among the classes with at least two training videos, then two
-    distinct videos of that class (as W-TALC's and CO2-Net's code draw them); the other
-    rows come from the epochs. All randomness comes from one numpy Generator seeded by
+    distinct videos of that class (as CO2-Net's code draws them; W-TALC's may draw one video
+    twice); the other
+    rows are drawn as ``draw`` says. All randomness comes from one numpy Generator seeded by
     ``seed``, and :meth:`state_dict` (JSON-serialisable) resumes the exact same stream.
     """
 
@@ -114,9 +120,12 @@ class TrainBatches:
         seed: int = 0,
         held_out: frozenset[str] = frozenset(),
         similar_pairs: int = 0,
+        draw: str = "epochs",
     ):
         if sampling not in SAMPLINGS:
             raise WtalError(f"data.sampling: expected one of {list(SAMPLINGS)}, found {sampling!r}")
+        if draw not in BATCH_DRAWS:
+            raise WtalError(f"data.batch_draw: expected one of {list(BATCH_DRAWS)}, found {draw!r}")
         for key, value in (("train.batch_size", batch_size), ("data.max_seqlen", max_seqlen)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise WtalError(f"{key}: expected a positive integer, found {value!r}")
@@ -131,6 +140,7 @@ class TrainBatches:
         self.batch_size = batch_size
         self.max_seqlen = max_seqlen
         self.sampling = sampling
+        self.draw = draw
         self._labels = labels[labelled]
         self.similar_pairs = similar_pairs
         self._by_class = [np.flatnonzero(column) for column in self._labels.T > 0]
@@ -155,14 +165,16 @@ class TrainBatches:
         return self
 
     def _draw(self) -> np.ndarray:
-        """Indices of the next ``batch_size`` videos: the same-class pairs, then the epoch's
-        next videos, starting a new epoch when one runs out."""
+        """Indices of the next batch's videos: the same-class pairs, then the other rows as
+        ``draw`` says."""
         picks = []
         for c in self._rng.choice(self._pair_classes, size=self.similar_pairs) if self.similar_pairs else ():
             picks.append(self._rng.choice(self._by_class[c], size=2, replace=False))
         needed = self.batch_size - 2 * self.similar_pairs
+        if self.draw == "with_replacement":
+            return np.concatenate([*picks, self._rng.integers(0, len(self.names), size=needed)])
         while needed:
-            if self._position == len(self._order):
+            if self._position == len(self._order):  # a new epoch
                 self._order = self._rng.permutation(len(self.names))
                 self._position = 0
                 self.epoch += 1
@@ -170,6 +182,8 @@ class TrainBatches:
             picks.append(taken)
             self._position += len(taken)
             needed -= len(taken)
+            if self.draw == "epochs_short_last":  # what is left of the epoch, however few
+                break
         return np.concatenate(picks)
 
     def __next__(self) -> dict[str, Any]:

@@ -256,6 +256,7 @@ def _build(cfg: Config, dist: DistContext, device: torch.device) -> TrainState:
         cfg.train.seed,
         held_out=held_out,
         similar_pairs=getattr(cfg.model, "similar_pairs", 0),
+        draw=cfg.data.batch_draw,
     )
     eval_every = cfg.train.eval_every or cfg.train.iterations + 1
     return TrainState(
