@@ -60,7 +60,7 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -135,16 +135,12 @@ class BaSNetConfig(ModelConfig):
     has_background: ClassVar[bool] = True
     score_kinds: ClassVar[tuple[str, ...]] = ("cas", "cas_fg")
 
-    def validate(self, source: str = "config", prefix: str = "model") -> None:
-        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
-        self.check(
-            source,
-            prefix=prefix,
-            counts=("embed_dim", "attention_dim", "topk_r"),
-            probabilities=("dropout",),
-            non_negative=("norm_weight",),
-            choices={"cls_loss": ("bce", "ce")},
-        )
+    checks: ClassVar[Mapping[str, Any]] = {
+        "counts": ("embed_dim", "attention_dim", "topk_r"),
+        "probabilities": ("dropout",),
+        "non_negative": ("norm_weight",),
+        "choices": {"cls_loss": ("bce", "ce")},
+    }
 
 
 def _act(x: Tensor) -> Tensor:

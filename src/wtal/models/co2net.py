@@ -60,7 +60,7 @@ padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -133,16 +133,12 @@ class CO2NetConfig(ModelConfig):
         """The consensus modules read RGB and flow as two streams."""
         return True
 
-    def validate(self, source: str = "config", prefix: str = "model") -> None:
-        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
-        self.check(
-            source,
-            prefix=prefix,
-            counts=("embed_dim", "attention_dim", "topk_r"),
-            probabilities=("dropout", "consensus_dropout"),
-            non_negative=("norm_weight", "guide_weight", "coactivity_weight", "mutual_weight", "similar_pairs"),
-            choices={"init": ("kaiming", "torch")},
-        )
+    checks: ClassVar[Mapping[str, Any]] = {
+        "counts": ("embed_dim", "attention_dim", "topk_r"),
+        "probabilities": ("dropout", "consensus_dropout"),
+        "non_negative": ("norm_weight", "guide_weight", "coactivity_weight", "mutual_weight", "similar_pairs"),
+        "choices": {"init": ("kaiming", "torch")},
+    }
 
 
 def _act(x: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -45,15 +46,15 @@ class MILConfig(ModelConfig):
     topk_r: int = 8  # k-max pooling, k = max(1, T_real // topk_r) [W-TALC]
     cas_activation: str = "softmax"  # per-snippet class scores: softmax over the C classes | sigmoid [ours]
 
+    checks: ClassVar[Mapping[str, Any]] = {
+        "counts": ("embed_dim", "kernel_size", "topk_r"),
+        "probabilities": ("dropout",),
+        "choices": {"cas_activation": ("sigmoid", "softmax")},
+    }
+
     def validate(self, source: str = "config", prefix: str = "model") -> None:
-        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
-        self.check(
-            source,
-            prefix=prefix,
-            counts=("embed_dim", "kernel_size", "topk_r"),
-            probabilities=("dropout",),
-            choices={"cas_activation": ("sigmoid", "softmax")},
-        )
+        """The declared checks, and an odd kernel size."""
+        super().validate(source, prefix)
         if self.kernel_size % 2 == 0:
             self.fail(source, "kernel_size", "an odd integer (the output keeps the input length)", prefix)
 

@@ -15,7 +15,7 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -42,16 +42,12 @@ class PlainConfig(ModelConfig):
     has_background: ClassVar[bool] = True
     score_kinds: ClassVar[tuple[str, ...]] = ("cas", "cas_fg")
 
-    def validate(self, source: str = "config", prefix: str = "model") -> None:
-        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
-        self.check(
-            source,
-            prefix=prefix,
-            choices={"suppress_min": ("class", "time")},
-            counts=("embed_dim", "attention_dim", "topk_r"),
-            non_negative=("norm_weight",),
-            probabilities=("dropout", "attention_dropout"),
-        )
+    checks: ClassVar[Mapping[str, Any]] = {
+        "choices": {"suppress_min": ("class", "time")},
+        "counts": ("embed_dim", "attention_dim", "topk_r"),
+        "non_negative": ("norm_weight",),
+        "probabilities": ("dropout", "attention_dropout"),
+    }
 
 
 def _act(x: Tensor) -> Tensor:

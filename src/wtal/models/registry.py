@@ -87,8 +87,14 @@ class ModelConfig(ConfigChecks):
         mapping); a model that wraps another one overrides this to take its base's."""
         return cls.inference_defaults
 
+    # The field checks validate() applies (keyword arguments of ConfigChecks.check: counts,
+    # probabilities, positive, non_negative, flags, choices).
+    checks: ClassVar[Mapping[str, Any]] = {}
+
     def validate(self, source: str = "config", prefix: str = "model") -> None:
-        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
+        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range (``checks``;
+        a model with more to check extends this)."""
+        self.check(source, prefix=prefix, **self.checks)
 
     def two_streams(self) -> bool:
         """Whether the network reads RGB and flow as two separate halves of each feature vector

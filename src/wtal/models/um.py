@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -117,17 +117,13 @@ class UMConfig(ModelConfig):
         test_resample="longer",
     )
 
-    def validate(self, source: str = "config", prefix: str = "model") -> None:
-        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
-        self.check(
-            source,
-            prefix=prefix,
-            counts=("embed_dim", "r_act", "r_bkg"),
-            probabilities=("dropout", "select_dropout"),
-            positive=("margin",),
-            non_negative=("um_weight", "be_weight"),
-            choices={"video_loss": VIDEO_LOSSES},
-        )
+    checks: ClassVar[Mapping[str, Any]] = {
+        "counts": ("embed_dim", "r_act", "r_bkg"),
+        "probabilities": ("dropout", "select_dropout"),
+        "positive": ("margin",),
+        "non_negative": ("um_weight", "be_weight"),
+        "choices": {"video_loss": VIDEO_LOSSES},
+    }
 
 
 def select_topk(score: Tensor, mask: Tensor, r: int) -> Tensor:

@@ -49,7 +49,7 @@ Shapes: B videos, T snippets, D feature width, C action classes, H ``embed_dim``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -100,15 +100,11 @@ class WTALCConfig(ModelConfig):
         max_per_video=0,
     )
 
-    def validate(self, source: str = "config", prefix: str = "model") -> None:
-        """Raise :class:`WtalError` naming ``<prefix>.<field>`` for a bad choice or range."""
-        self.check(
-            source,
-            prefix=prefix,
-            counts=("embed_dim", "topk_r"),
-            probabilities=("dropout",),
-            non_negative=("mil_weight", "casl_weight", "similar_pairs"),
-        )
+    checks: ClassVar[Mapping[str, Any]] = {
+        "counts": ("embed_dim", "topk_r"),
+        "probabilities": ("dropout",),
+        "non_negative": ("mil_weight", "casl_weight", "similar_pairs"),
+    }
 
 
 @register_model("wtalc", WTALCConfig)
