@@ -44,7 +44,7 @@ class BackgroundLossConfig(ConfigChecks):
     reading: str = "A"  # reinforcement: A grad-scale | B [y, 1] value, bg gradient | C per snippet | D bg channel [ours]
     lam: float = 1.0  # reinforcement lambda (A, C: gradient-equivalent to bg_weight * lam; D: bg channel only) [ours]
     bg_balance: str = "none"  # none | gradnorm: bg gradient at the forced scores = bg_weight x the base's [ours]
-    bg_weight: float = 0.03  # weight of the background loss (reports/README.md says how it was chosen) [ours]
+    bg_weight: float = 0.03  # weight of the background loss (reports/README.md: where it was measured) [ours]
     bg_warmup: float = 0.5  # fraction of training over which bg_weight ramps up linearly from 0 [ours]
     bg_anneal: float = 0.0  # fraction of training at its end over which bg_weight falls linearly to 0 (0: none) [ours]
 
