@@ -34,6 +34,7 @@ DEMO_OVERRIDES = [
     "train.iterations=150",
     "train.eval_every=0",
     "train.lr=3e-4",
+    "train.select=last",
 ]
 
 
