@@ -20,6 +20,7 @@ from wtal.models.basnet import BaSNet
 from wtal.models.co2net import CO2NetConfig
 from wtal.models.plain import PlainConfig
 from wtal.models.registry import model_config_class
+from wtal.models.ten import TENConfig
 from wtal.models.whole_video_bg import WholeVideoBackground, WholeVideoBgConfig
 
 from model_checks import B, C, D, H, LENGTHS, T, assert_finite_scalar_losses, assert_padding_invariance, make_batch
@@ -443,6 +444,42 @@ def test_residual_ten_adds_its_input(ten):
     e = features.transpose(1, 2)  # [B, D, T]: the width the co2net base's TEN enhances
     with torch.no_grad():
         torch.testing.assert_close(residual(e, e, mask), e + plain(e, e, mask))
+
+
+@pytest.mark.parametrize("ten", ["both", "base", "continuity"])
+def test_gated_ten_starts_as_the_identity_and_scales_its_output(ten):
+    plain = make_on_base("co2net", ten=ten).ten
+    gated = make_on_base("co2net", ten=ten, ten_residual="gated").ten
+    gated.load_state_dict({**plain.state_dict(), "gate": torch.zeros(1)})
+    features, mask, _ = make_batch()
+    e = features.transpose(1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(gated(e, e, mask), e)
+        gated.gate.fill_(0.5)
+        torch.testing.assert_close(gated(e, e, mask), e + 0.5 * plain(e, e, mask))
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("base", BASES)
+def test_gated_ten_at_its_start_computes_exactly_the_base(base, training):
+    reference = make_base_alone(base, seed=0)
+    model = make_on_base(base, seed=1, ten="both", ten_residual="gated", bg_loss=False)
+    model.base.load_state_dict(reference.state_dict())
+    reference.train(training)
+    model.train(training)
+    features, mask, _ = make_batch()
+    want_out, want_losses, _ = _run(reference, features, mask, PAIR_LABELS, seed=3)
+    got_out, got_losses, _ = _run(model, features, mask, PAIR_LABELS, seed=3)
+    for key in want_out:
+        torch.testing.assert_close(got_out[key], want_out[key], atol=1e-6, rtol=1e-6, msg=key)
+    torch.testing.assert_close(got_losses["total"], want_losses["total"], atol=1e-6, rtol=1e-6)
+    assert model.ten.gate.grad is not None and model.ten.gate.grad.abs() > 0  # the TEN can come in
+
+
+def test_ten_residual_reads_the_flag_it_was_and_refuses_other_values():
+    assert TENConfig(ten_residual=True).ten_residual == "add" and TENConfig(ten_residual=False).ten_residual == "off"
+    with pytest.raises(WtalError, match="model.ten_residual"):
+        load_config(None, ["model.ten_residual=sometimes"])
 
 
 @pytest.mark.parametrize("base", BASES)

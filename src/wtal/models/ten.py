@@ -4,8 +4,9 @@ Base branch ``act(conv_k3(E))``; temporal-continuity branch over affinity snippe
 (``continuity``: cosine affinity within ``window`` neighbours, softmax with temperature ``tau``,
 ``Cc_t = sum_j A[t, j] phi(E_j)``; or the same over every snippet, ``nonlocal``; or dilated
 convolutions); ``ten=both`` fuses the branches by a sum or a 1x1 conv over their concatenation.
-``ten_residual`` adds the TEN's input to its output, so that the base's features pass through
-unchanged at the start. ``ten_affinity`` says what the continuity affinity reads where the base
+``ten_residual`` adds the TEN's input to its output (``add``: F = E + TEN(E)), or adds it scaled
+by a learned scalar that starts at 0 (``gated``: F = E + g TEN(E), g = 0 at the start), so that
+the enhanced model starts as its base and the TEN comes in as training finds it useful. ``ten_affinity`` says what the continuity affinity reads where the base
 drops features out just before its enhance hook: ``clean``, the features before that dropout, so
 that training and test weigh neighbours alike, or ``dropped``, the features the TEN enhances (with
 a heavy dropout the softmax then puts almost all of each row's weight on the snippet itself in
@@ -32,6 +33,7 @@ TEN_CHOICES = {
     "continuity": ("local_affinity", "dilated", "nonlocal"),
     "fusion": ("sum", "concat"),
     "ten_affinity": ("dropped", "clean"),
+    "ten_residual": ("off", "add", "gated"),
 }
 
 
@@ -44,15 +46,17 @@ class TENConfig(ConfigChecks):
     window: int = 2  # local_affinity: neighbours with |t - j| <= window [ours]
     tau: float = 0.1  # temperature of the affinity softmax (local_affinity, nonlocal) [ours]
     fusion: str = "sum"  # ten=both: sum of the branches | concat (1x1 conv over both) [ours]
-    ten_residual: bool = False  # the TEN's output is added to its input (F = E + TEN(E)) [ours]
+    ten_residual: str | bool = "off"  # off (F = TEN(E)) | add (F = E + TEN(E)) | gated (F = E + g TEN(E), g from 0); true = add [ours]
     ten_affinity: str = "clean"  # affinity read from: clean (before the base's dropout) | dropped (after it) [ours]
 
     def __post_init__(self) -> None:
         if self.ten is False:  # YAML 1.1 reads ten: off (and model.ten=off) as false
             self.ten = "off"
+        if isinstance(self.ten_residual, bool):  # the flag it was: true adds, false does not
+            self.ten_residual = "add" if self.ten_residual else "off"
 
     def validate(self, source: str = "config", prefix: str = "model") -> None:
-        self.check(source, prefix=prefix, choices=TEN_CHOICES, counts=("window",), positive=("tau",), flags=("ten_residual",))
+        self.check(source, prefix=prefix, choices=TEN_CHOICES, counts=("window",), positive=("tau",))
 
 
 def _act(x: Tensor) -> Tensor:
@@ -73,6 +77,7 @@ class TemporalEnhancement(nn.Module):
         elif cfg.ten != "base":
             self.phi = nn.Conv1d(h, h, 1)
         self.fuse = nn.Conv1d(2 * h, h, 1) if cfg.ten == "both" and cfg.fusion == "concat" else None
+        self.gate = nn.Parameter(torch.zeros(1)) if cfg.ten_residual == "gated" else None
 
     def _continuity(self, e: Tensor, clean: Tensor, mask: Tensor, m: Tensor) -> Tensor:
         """Temporal continuity branch: e, clean [B, H, T] -> [B, H, T]; the affinity reads
@@ -106,4 +111,6 @@ class TemporalEnhancement(nn.Module):
             out = self.fuse(torch.cat(branches, 1))
         else:
             out = branches[0] + branches[1]
-        return e + out if self.cfg.ten_residual else out
+        if self.gate is not None:
+            return e + self.gate * out
+        return e + out if self.cfg.ten_residual == "add" else out
