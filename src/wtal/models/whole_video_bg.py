@@ -38,6 +38,7 @@ from wtal.models.base import WtalModel
 from wtal.models.registry import DEFAULT_BASE, ModelConfig, available_models, build_model, model_config_class, register_model
 from wtal.models.ten import TemporalEnhancement, TENConfig
 
+
 def _default_base() -> ModelConfig:
     return model_config_class(DEFAULT_BASE)(name=DEFAULT_BASE)
 
