@@ -4,13 +4,14 @@ Base branch ``act(conv_k3(E))``; temporal-continuity branch over affinity snippe
 (``continuity``: cosine affinity within ``window`` neighbours, softmax with temperature ``tau``,
 ``Cc_t = sum_j A[t, j] phi(E_j)``; or the same over every snippet, ``nonlocal``; or dilated
 convolutions); ``ten=both`` fuses the branches by a sum or a 1x1 conv over their concatenation.
-``ten_residual`` adds the TEN's input to its output (``add``: F = E + TEN(E)), or adds it scaled
-by a learned scalar that starts at 0 (``gated``: F = E + g TEN(E), g = 0 at the start), so that
-the enhanced model starts as its base and the TEN comes in as training finds it useful. ``ten_affinity`` says what the continuity affinity reads where the base
-drops features out just before its enhance hook: ``clean``, the features before that dropout, so
-that training and test weigh neighbours alike, or ``dropped``, the features the TEN enhances (with
-a heavy dropout the softmax then puts almost all of each row's weight on the snippet itself in
-training). Where the base has no dropout there, both read the same features.
+``ten_residual`` keeps the TEN's input: ``add`` gives F = E + TEN(E); ``gated`` gives
+F = E + g TEN(E) with g a learned scalar that starts at 0, so that the enhanced model starts as
+exactly its base and the TEN comes in as far as training finds it useful. ``ten_affinity`` says
+what the continuity affinity reads where the base drops features out just before its enhance
+hook: ``clean``, the features before that dropout, so that training and test weigh neighbours
+alike, or ``dropped``, the features the TEN enhances (with a heavy dropout the softmax then puts
+almost all of each row's weight on the snippet itself in training). Where the base has no
+dropout there, both read the same features.
 
 Shapes: B videos, T snippets, H the width of the features the base's hook gives.
 """
