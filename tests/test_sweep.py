@@ -185,6 +185,14 @@ def test_report_gives_the_last_and_best_test_evaluations_beside_the_checkpoint_r
     assert best["per_seed"]["best-test avg(0.1:0.7)"][0] == max(t["avg(0.1:0.7)"] for t in tests if t["avg"] == max(u["avg"] for u in tests))
     table = (tmp_path / "best" / "report.md").read_text()
     assert "avg(0.1:0.7) last | avg(0.1:0.7) best-test |" in table and f"{best['mean']['last avg(0.1:0.7)']:.2f} ±" in table
+    values = [t["avg(0.1:0.7)"] for t in tests]
+    course = best["runs"][0]
+    assert course["seed"] == 0 and course["selected_step"] == json.loads((run / "metrics.json").read_text())["step"]
+    assert course["last"] == values[-1] and course["best_test"] == max(values) == best["per_seed"]["avg(0.1:0.7)"][0]
+    assert course["best_test_step"] == tests[values.index(max(values))]["step"]
+    assert course["last_three_spread"] == pytest.approx(max(values[-3:]) - min(values[-3:]))
+    assert course["last_below_best"] == pytest.approx(max(values) - values[-1]) and course["last_below_best"] >= 0
+    assert "## Runs" in table and f"| model.lam=1 | 1 | {best['runs'][1]['selected']:.2f} ({best['runs'][1]['selected_step']}) |" in table
 
 
 def test_compare_gives_each_rows_paired_difference_with_its_interval(base, tmp_path, capsys):

@@ -229,6 +229,7 @@ def summarize(
                 metrics.setdefault(key, []).append(value)
         # a "last" or "best-test" key is kept only when every finished seed has it
         metrics = {k: v for k, v in metrics.items() if len(v) == len(finished)}
+        main = _average_keys(metrics)[-1]
         table.append({
             "row": row.name,
             "overrides": row.overrides,
@@ -236,6 +237,8 @@ def summarize(
             "mean": {k: float(np.mean(v)) for k, v in metrics.items()},
             "std": {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in metrics.items()},
             "per_seed": {k: v for k, v in metrics.items() if k.startswith(("avg", "last avg", "best-test avg"))},
+            "runs": [_run_course(run, run_dirs(out, row, seed) / "metrics.jsonl", main) | {"seed": seed}
+                     for run, seed in zip(runs, finished)],
             "commands": [shlex.join(run_command(config, base, row, s, run_dirs(out, row, s))) for s in finished],
         })
     if not table:
@@ -304,6 +307,22 @@ def _evaluations(path: Path) -> dict[str, float]:
             for k, v in record.items() if k.startswith("avg")}
 
 
+def _run_course(metrics: dict, path: Path, key: str) -> dict:
+    """One run's ``key`` at its selected checkpoint (and that step), at the last test evaluation, at
+    its best one (and that step), the spread of its last three test evaluations and how far the last
+    lies below the best: the flatness a convergence budget asks of every run."""
+    course = {"selected": metrics.get("averages", {}).get(key), "selected_step": metrics.get("step")}
+    tests = [(record["step"], record[key]) for record in read_jsonl(path) if record.get("split") == "test" and key in record] if path.is_file() else []
+    if tests:
+        values = [value for _, value in tests]
+        best = int(np.argmax(values))  # the first of equal bests
+        course |= {
+            "last": values[-1], "best_test": values[best], "best_test_step": tests[best][0],
+            "last_three_spread": max(values[-3:]) - min(values[-3:]), "last_below_best": values[best] - values[-1],
+        }
+    return course
+
+
 def write_report(report: dict, out: Path) -> None:
     """``report.json``, ``report.md`` (mean ± std table, differences with their intervals, commands)
     and ``report.png``."""
@@ -347,11 +366,33 @@ def write_report(report: dict, out: Path) -> None:
             cells.append(_difference(differences["welch"]) if "welch" in differences else "-")
         seeds = ",".join(str(seed) for seed in row["seeds"])
         lines.append(f"| {row['row']} | {seeds} | " + " | ".join(cells) + " |")
+    lines += _course_table(rows, main)
     lines += ["", "## Commands", ""]
     for row in rows:
         lines += [f"- {row['row']}:"] + [f"  - `{c}`" for c in row["commands"]]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     _plot(rows, main, out / "report.png")
+
+
+def _course_table(rows: list[dict], key: str) -> list[str]:
+    """The per-run section of report.md: each run's course over its test evaluations."""
+    runs = [(row["row"], run) for row in rows for run in row.get("runs", []) if "last" in run]
+    if not runs:
+        return []
+    lines = [
+        "", "## Runs", "",
+        f"{key} of each run at its selected checkpoint, at the last and at the best test evaluation (step), with"
+        " the spread of its last three test evaluations and how far the last lies below the best (a flat end: both small).",
+        "", "| configuration | seed | selected (step) | last | best-test (step) | last three: spread | last below best |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, run in runs:
+        selected = "-" if run["selected"] is None else f"{run['selected']:.2f} ({run['selected_step']})"
+        lines.append(
+            f"| {name} | {run['seed']} | {selected} | {run['last']:.2f} | {run['best_test']:.2f} ({run['best_test_step']}) "
+            f"| {run['last_three_spread']:.2f} | {run['last_below_best']:.2f} |"
+        )
+    return lines
 
 
 def _difference(interval: dict) -> str:
