@@ -5,7 +5,7 @@ import math
 import pytest
 
 from wtal.errors import WtalError
-from wtal.stats import paired_interval, regularized_beta, t_cdf, t_quantile, welch_interval
+from wtal.stats import paired_interval, regularized_beta, seeds_for_half_width, t_cdf, t_quantile, welch_interval
 
 # Two-sided 95 % critical values of Student's t (any statistics table).
 T_975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 9: 2.2622, 10: 2.2281, 30: 2.0423, 100: 1.9840}
@@ -50,3 +50,14 @@ def test_too_few_values_are_refused():
         paired_interval([1.0], [2.0])
     with pytest.raises(WtalError, match="welch_interval"):
         welch_interval([1.0, 2.0], [3.0])
+
+
+def test_seeds_for_half_width_inverts_the_paired_interval():
+    # t(0.975, 4) / sqrt(5) = 1.2417 and t(0.975, 5) / sqrt(6) = 1.0495
+    assert seeds_for_half_width(1.0, 1.25) == 5 and seeds_for_half_width(1.0, 1.24) == 6
+    assert seeds_for_half_width(0.0, 0.1) == 2
+    for sd, half in ((3.0, 2.0), (8.0, 1.5)):
+        n = seeds_for_half_width(sd, half)
+        assert t_quantile(0.975, n - 1) * sd / n**0.5 <= half < t_quantile(0.975, n - 2) * sd / (n - 1) ** 0.5
+    with pytest.raises(WtalError, match="half_width > 0"):
+        seeds_for_half_width(1.0, 0.0)

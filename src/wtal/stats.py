@@ -116,3 +116,16 @@ def welch_interval(a, b, level: float = LEVEL) -> Interval:
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1)) if se > 0 else float(a.size + b.size - 2)
     return _interval(float(a.mean() - b.mean()), se, df, min(a.size, b.size), level)
+
+
+def seeds_for_half_width(sd: float, half_width: float, level: float = LEVEL, most: int = 100_000) -> int:
+    """The fewest seeds n (>= 2) whose paired interval is at most ``half_width`` either side when
+    the per-seed differences spread by ``sd``: t(n - 1) * sd / sqrt(n) <= half_width. Planning a
+    comparison before running it; ``most`` bounds the search."""
+    if not sd >= 0 or not half_width > 0:
+        raise WtalError(f"seeds_for_half_width: expected sd >= 0 and half_width > 0, found sd={sd!r}, half_width={half_width!r}")
+    quantile = 0.5 + level / 2.0
+    for n in range(2, most + 1):
+        if t_quantile(quantile, n - 1) * sd / math.sqrt(n) <= half_width:
+            return n
+    raise WtalError(f"seeds_for_half_width: more than {most} seeds for sd={sd:g}, half_width={half_width:g}")
