@@ -85,3 +85,26 @@ def test_bench_vs_authors_times_wtal_alone_without_the_authors_code(tmp_path, ca
         assert run["feature_dim"] == 32 and run["batch_size"] == 6 and run["snippets"] == 32
         assert len(run["wtal_step_s"]) == run["iterations"] == 2 and run["wtal_median_s"] > 0
         assert run["authors_median_s"] is None and run["ratio"] is None
+
+
+def test_the_prepared_gpu_call_runs_end_to_end_in_smoke_mode(tmp_path):
+    import os
+    import subprocess
+    import tarfile
+
+    out = tmp_path / "out"
+    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_full_schedule.sh"), "300"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["runs.tgz", "steps.log", "steps_B0.json", "steps_B4.json", "sweep.log"]
+    with tarfile.open(out / "runs.tgz") as tar:
+        names = set(tar.getnames())
+        report = json.load(tar.extractfile("./report.json"))
+    for row in ("B0", "B4"):
+        for seed in (0, 1, 2):
+            assert {f"./runs/{row}-seed{seed}/{f}" for f in ("config.yaml", "metrics.jsonl", "metrics.json")} <= names
+    assert not any(name.endswith(".pt") for name in names)
+    assert [r["row"] for r in report["rows"]] == ["B0", "B4"] and report["rows"][1]["delta"]["paired"]["selected"]["n"] == 3
+    assert "sweep exit 0" in (out / "sweep.log").read_text()
+    b0, b4 = (json.loads((out / f"steps_{row}.json").read_text())["results"]["runs"][0] for row in ("B0", "B4"))
+    assert b4["parameters"] > b0["parameters"]  # the TEN's; B0 is CO2-Net alone
