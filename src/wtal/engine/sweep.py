@@ -224,8 +224,9 @@ def summarize(
         runs = [read_json(run_dirs(out, row, seed) / "metrics.json") for seed in finished]
         checkpoint_rules.update(r.get("checkpoint", "?") for r in runs)
         metrics: dict[str, list[float]] = {}
-        for run, seed in zip(runs, finished):
-            for key, value in [*_scalars(run).items(), *_evaluations(run_dirs(out, row, seed) / "metrics.jsonl").items()]:
+        tests = [_test_records(run_dirs(out, row, seed) / "metrics.jsonl") for seed in finished]
+        for run, evaluations in zip(runs, tests):
+            for key, value in [*_scalars(run).items(), *_evaluations(evaluations).items()]:
                 metrics.setdefault(key, []).append(value)
         # a "last" or "best-test" key is kept only when every finished seed has it
         metrics = {k: v for k, v in metrics.items() if len(v) == len(finished)}
@@ -237,8 +238,7 @@ def summarize(
             "mean": {k: float(np.mean(v)) for k, v in metrics.items()},
             "std": {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in metrics.items()},
             "per_seed": {k: v for k, v in metrics.items() if k.startswith(("avg", "last avg", "best-test avg"))},
-            "runs": [_run_course(run, run_dirs(out, row, seed) / "metrics.jsonl", main) | {"seed": seed}
-                     for run, seed in zip(runs, finished)],
+            "runs": [_run_course(run, evaluations, main) | {"seed": seed} for run, evaluations, seed in zip(runs, tests, finished)],
             "commands": [shlex.join(run_command(config, base, row, s, run_dirs(out, row, s))) for s in finished],
         })
     if not table:
@@ -296,29 +296,35 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return values
 
 
-def _evaluations(path: Path) -> dict[str, float]:
+def _test_records(path: Path) -> list[dict]:
+    """A run's test evaluations, in order, from its metrics.jsonl ([] if none)."""
+    return [record for record in read_jsonl(path) if record.get("split") == "test"] if path.is_file() else []
+
+
+def _best(tests: list[dict]) -> int:
+    """The index of the evaluation with the best ``avg`` (the first of equal bests)."""
+    return max(range(len(tests)), key=lambda i: tests[i]["avg"])
+
+
+def _evaluations(tests: list[dict]) -> dict[str, float]:
     """The averages (``avg(...)`` and ``avg``) of a run's last test evaluation (``last <key>``) and of
-    its evaluation with the best ``avg`` (``best-test <key>``), from its metrics.jsonl ({} if none)."""
-    tests = [record for record in read_jsonl(path) if record.get("split") == "test"] if path.is_file() else []
+    its evaluation with the best ``avg`` (``best-test <key>``) ({} if none)."""
     if not tests:
         return {}
-    best = max(tests, key=lambda record: record["avg"])  # the first of equal bests
-    return {f"{name} {k}": float(v) for name, record in (("last", tests[-1]), ("best-test", best))
+    return {f"{name} {k}": float(v) for name, record in (("last", tests[-1]), ("best-test", tests[_best(tests)]))
             for k, v in record.items() if k.startswith("avg")}
 
 
-def _run_course(metrics: dict, path: Path, key: str) -> dict:
+def _run_course(metrics: dict, tests: list[dict], key: str) -> dict:
     """One run's ``key`` at its selected checkpoint (and that step), at the last test evaluation, at
     its best one (and that step), the spread of its last three test evaluations and how far the last
     lies below the best: the flatness a convergence budget asks of every run."""
     course = {"selected": metrics.get("averages", {}).get(key), "selected_step": metrics.get("step")}
-    tests = [(record["step"], record[key]) for record in read_jsonl(path) if record.get("split") == "test" and key in record] if path.is_file() else []
-    if tests:
-        values = [value for _, value in tests]
-        best = int(np.argmax(values))  # the first of equal bests
+    if tests and all(key in record for record in tests):
+        values, best = [record[key] for record in tests], tests[_best(tests)]
         course |= {
-            "last": values[-1], "best_test": values[best], "best_test_step": tests[best][0],
-            "last_three_spread": max(values[-3:]) - min(values[-3:]), "last_below_best": values[best] - values[-1],
+            "last": values[-1], "best_test": best[key], "best_test_step": best["step"],
+            "last_three_spread": max(values[-3:]) - min(values[-3:]), "last_below_best": best[key] - values[-1],
         }
     return course
 
