@@ -10,8 +10,8 @@
 # SECONDS (default 420) bounds the sweep: runs still going then are stopped, and the report covers
 # the finished ones (a stopped run's metrics.jsonl still holds its evaluations so far). Everything
 # comes back in DIR as five files: runs.tgz (every run's config.yaml, metrics.jsonl and
-# metrics.json, and the sweep's report), sweep.log, steps_B0.json, steps_B4.json and steps.log. SMOKE=1 makes it tiny
-# and CPU-only (tests/test_benchmarks.py runs it so).
+# metrics.json, and the sweep's report), sweep.log, steps_B0.json, steps_B4.json and steps.log.
+# SMOKE=1 makes it tiny and CPU-only (tests/test_benchmarks.py runs it so).
 set -uo pipefail
 seconds=${1:-420}
 out=${OUT:?set OUT to the folder the results go to}
