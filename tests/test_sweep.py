@@ -224,6 +224,28 @@ def test_compare_gives_each_rows_paired_difference_with_its_interval(base, tmp_p
     assert main([*args, "--report-only", "--compare", "model.lam=9"]) == 2
     assert "--compare 'model.lam=9': not a row of this sweep" in capsys.readouterr().err
 
+    # --contrast: chosen pairs, each the same paired difference as --compare gives, with its per-seed values
+    assert main([*args, "--report-only", "--contrast", "model.lam=3", "model.lam=1", "--contrast", "model.lam=1", "model.lam=3"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    forward, backward = report["contrasts"]
+    assert (forward["row"], forward["vs"], forward["key"]) == ("model.lam=3", "model.lam=1", key)
+    assert forward["paired"] == other["delta"]["paired"]
+    assert backward["paired"]["last"]["per_seed"] == pytest.approx([-d for d in forward["paired"]["last"]["per_seed"]])
+    assert "delta" not in report["rows"][0]  # no --compare this time
+    table = (out / "report.md").read_text()
+    selected = forward["paired"]["selected"]
+    seeds = ", ".join(f"{s}: {d:+.2f}" for s, d in zip(selected["seeds"], selected["per_seed"]))
+    assert "## Contrasts" in table and f"| model.lam=3 | model.lam=1 | {key} | {_cell(selected)} |" in table and seeds in table
+    capsys.readouterr()
+    assert main([*args, "--report-only", "--contrast", "model.lam=3", "model.lam=3"]) == 2
+    assert main([*args, "--report-only", "--contrast", "model.lam=3", "B0"]) == 2
+    assert "--contrast model.lam=3 B0: expected two different rows of this sweep" in capsys.readouterr().err
+
+
+def _cell(interval: dict) -> str:
+    marked = "*" if interval["low"] > 0 or interval["high"] < 0 else ""
+    return f"{interval['diff']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}]{marked} (n={interval['n']})"
+
 
 def test_compare_and_last_column_without_a_named_average(base, tmp_path):
     out = tmp_path / "sweep"

@@ -357,6 +357,7 @@ def _cmd_sweep(args) -> int:
         report_only=args.report_only,
         compare=args.compare,
         jobs=args.jobs,
+        contrasts=[tuple(pair) for pair in args.contrast or []],
     )
     print(Path(args.out, "report.md").read_text())
     print(f"report: {args.out}/report.md, report.json, report.png ({len(report['rows'])} rows)")
@@ -430,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="sweep folder (runs/ and the report)")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the runs finished so far")
     p.add_argument("--compare", metavar="ROW", help="report each row's difference to this row with its 95 %% interval, paired by seed (selected, last and best test evaluation)")
+    p.add_argument("--contrast", nargs=2, action="append", metavar=("ROW", "REFERENCE"),
+                   help="report ROW - REFERENCE paired by seed, with its 95 %% interval and per-seed differences (repeatable)")
     p.add_argument("--jobs", type=_positive_int, default=1,
                    help="runs trained at once, each its own process (default 1: one after another, in this process)")
     p.add_argument("--quiet", action="store_true")

@@ -7,7 +7,9 @@ metric as mean ± std over seeds at the checkpoint the runs' rule chose (``train
 the averages at the last evaluation and at the best test evaluation (read from each run's
 ``metrics.jsonl``): best-test selection flatters a method by however much the test mAP wanders
 during training, and the columns side by side show by how much. ``--compare ROW`` adds each row's
-difference to ROW with its 95 % interval, paired by seed (:mod:`wtal.stats`). The report names
+difference to ROW with its 95 % interval, paired by seed (:mod:`wtal.stats`); ``--contrast ROW
+REFERENCE`` (repeatable) adds a table of chosen pairs, each with its per-seed differences, for
+comparisons that share no single reference (a variant against its own baseline). The report names
 the exact command that reproduces each run; ``report.json`` holds every run's own values.
 """
 
@@ -110,17 +112,24 @@ def run_sweep(
     report_only: bool = False,
     compare: str | None = None,
     jobs: int = 1,
+    contrasts: list[tuple[str, str]] = (),
 ) -> dict:
     """Train every (row, seed) not finished yet, then write the report; returns the report dict.
 
     ``report_only`` trains nothing and reports the runs finished so far (a row lists
     the seeds it has; rows without any finished run are left out). ``compare`` names
-    a row; the report then gives every row's difference to it (see :func:`summarize`).
+    a row; the report then gives every row's difference to it; ``contrasts`` lists (row,
+    reference) pairs reported on their own (see :func:`summarize`).
     ``jobs`` > 1 trains that many runs at once, each a ``wtal train`` child process
     (see :func:`_train_in_parallel`).
     """
-    if compare is not None and compare not in {row.name for row in rows}:
-        raise WtalError(f"--compare {compare!r}: not a row of this sweep (rows: {[row.name for row in rows]})")
+    names = [row.name for row in rows]
+    if compare is not None and compare not in names:
+        raise WtalError(f"--compare {compare!r}: not a row of this sweep (rows: {names})")
+    for pair in contrasts:
+        unknown = [name for name in pair if name not in names]
+        if unknown or pair[0] == pair[1]:
+            raise WtalError(f"--contrast {' '.join(pair)}: expected two different rows of this sweep (rows: {names})")
     if jobs < 1:
         raise WtalError(f"--jobs: expected >= 1, found {jobs}")
     if not rows or not seeds:
@@ -137,7 +146,7 @@ def run_sweep(
     else:
         for row, seed, run_dir, cfg in todo:
             _train_one(row, seed, run_dir, cfg, progress)
-    report = summarize(config, base, rows, seeds, out, compare)
+    report = summarize(config, base, rows, seeds, out, compare, contrasts)
     write_report(report, out)
     return report
 
@@ -202,7 +211,13 @@ RULES = ("selected", "last", "best-test")  # the checkpoint rule of the runs, th
 
 
 def summarize(
-    config: str | None, base: list[str], rows: list[Row], seeds: list[int], out: Path, compare: str | None = None
+    config: str | None,
+    base: list[str],
+    rows: list[Row],
+    seeds: list[int],
+    out: Path,
+    compare: str | None = None,
+    contrasts: list[tuple[str, str]] = (),
 ) -> dict:
     """Mean and std over seeds of every scalar metric, per row, and each run's own values.
 
@@ -213,7 +228,9 @@ def summarize(
     the per-seed differences to that row over the seeds both have, with its 95 % t-interval
     (:func:`wtal.stats.paired_interval`; a seed fixes the initial weights and the batches of
     both rows), where they share two seeds or more; and Welch's interval of the difference of
-    the selected averages where each row has two seeds or more.
+    the selected averages where each row has two seeds or more. Each ``contrasts`` pair (row,
+    reference) whose rows both have finished runs goes into ``contrasts`` with the same paired
+    differences; a pair with a row not run yet is left out.
     """
     table = []
     checkpoint_rules = set()
@@ -247,17 +264,26 @@ def summarize(
         reference = next((row for row in table if row["row"] == compare), None)
         if reference is None:
             raise WtalError(f"{out}: --compare {compare!r}: that row has no finished run yet")
-        key = _main_key(reference)
         for row in table:
-            row["delta"] = {"vs": compare, "key": key, "paired": {}}
-            for rule in RULES:
-                paired = _paired_difference(row, reference, _rule_key(rule, key))
-                if paired is not None:
-                    row["delta"]["paired"][rule] = paired
+            row["delta"] = _delta(row, reference)
             if len(row["seeds"]) > 1 and len(reference["seeds"]) > 1:
-                welch = welch_interval(row["per_seed"][key], reference["per_seed"][key])
-                row["delta"]["welch"] = welch.to_json()
-    return {"config": config, "base_overrides": base, "seeds": seeds, "checkpoint": sorted(checkpoint_rules), "rows": table}
+                key = row["delta"]["key"]
+                row["delta"]["welch"] = welch_interval(row["per_seed"][key], reference["per_seed"][key]).to_json()
+    by_name = {row["row"]: row for row in table}
+    report = {"config": config, "base_overrides": base, "seeds": seeds, "checkpoint": sorted(checkpoint_rules), "rows": table}
+    if contrasts:
+        report["contrasts"] = [
+            {"row": name} | _delta(by_name[name], by_name[vs]) for name, vs in contrasts if name in by_name and vs in by_name
+        ]
+    return report
+
+
+def _delta(row: dict, reference: dict) -> dict:
+    """``row - reference`` in the protocol's widest average, paired by seed, for each rule of RULES
+    that both rows have over two shared seeds or more."""
+    key = _main_key(reference)
+    paired = {rule: _paired_difference(row, reference, _rule_key(rule, key)) for rule in RULES}
+    return {"vs": reference["row"], "key": key, "paired": {rule: p for rule, p in paired.items() if p is not None}}
 
 
 def _rule_key(rule: str, key: str) -> str:
@@ -372,12 +398,35 @@ def write_report(report: dict, out: Path) -> None:
             cells.append(_difference(differences["welch"]) if "welch" in differences else "-")
         seeds = ",".join(str(seed) for seed in row["seeds"])
         lines.append(f"| {row['row']} | {seeds} | " + " | ".join(cells) + " |")
+    lines += _contrast_table(report.get("contrasts", []))
     lines += _course_table(rows, main)
     lines += ["", "## Commands", ""]
     for row in rows:
         lines += [f"- {row['row']}:"] + [f"  - `{c}`" for c in row["commands"]]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     _plot(rows, main, out / "report.png")
+
+
+def _contrast_table(contrasts: list[dict]) -> list[str]:
+    """The ``--contrast`` section of report.md: each pair's paired difference under each rule, and
+    its per-seed differences at the selected checkpoint."""
+    if not contrasts:
+        return []
+    lines = [
+        "", "## Contrasts", "",
+        "Each row minus its reference, paired by seed over the seeds both have: the mean difference with its 95 % "
+        "t-interval (* where it excludes 0) at the checkpoint rule, the last and the best test evaluation, and the "
+        "per-seed differences at the checkpoint rule.",
+        "", "| row | reference | key | " + " | ".join(f"Δ paired, {rule}" for rule in RULES) + " | per seed, selected |",
+        "|---|---|---|" + "---|" * (len(RULES) + 1),
+    ]
+    for contrast in contrasts:
+        paired = contrast["paired"]
+        cells = [_difference(paired[rule]) if rule in paired else "-" for rule in RULES]
+        selected = paired.get("selected")
+        per_seed = ", ".join(f"{s}: {d:+.2f}" for s, d in zip(selected["seeds"], selected["per_seed"])) if selected else "-"
+        lines.append(f"| {contrast['row']} | {contrast['vs']} | {contrast['key']} | " + " | ".join(cells) + f" | {per_seed} |")
+    return lines
 
 
 def _course_table(rows: list[dict], key: str) -> list[str]:
