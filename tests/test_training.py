@@ -41,6 +41,10 @@ def test_short_training_beats_untrained_model(tiny_overrides):
     assert state["step"] == 60
     cfg2, dataset, model = load_run(run)
     assert cfg2 == cfg
+    env = result.metrics["environment"]
+    assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["processor"]
+    assert json.loads((run / "metrics.json").read_text())["environment"] == env
 
 
 def test_training_is_deterministic_on_cpu(tiny_overrides, tmp_path):

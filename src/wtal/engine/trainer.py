@@ -411,11 +411,48 @@ def _finish(state: TrainState) -> RunResult:
         "step": int(load_checkpoint(chosen_path)["step"]),
         "train_seconds": round(time.time() - state.started, 1),
         "device": str(state.device),
+        "environment": environment(state.device),
         **({"held_out": sorted(state.held_out)} if state.held_out else {}),
     }
     write_json(run_dir / "metrics.json", metrics)
     dist.barrier()
     return RunResult(run_dir=run_dir, metrics=metrics, scores=chosen, dataset=state.dataset, detections=detections)
+
+
+def environment(device: torch.device) -> dict:
+    """What the process that finished a run ran on: versions, the processor, the kernels torch picked
+    and its threads. Float reductions differ between CPU kernel sets (AVX2, AVX512), so the same
+    config and seed follow the same trajectory only where these match; the record says whether two
+    runs could have been identical."""
+    import platform
+
+    import wtal
+
+    info = {
+        "python": platform.python_version(),
+        "wtal": wtal.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "system": platform.system(),
+        "processor": _processor_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _processor_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what platform reports)."""
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def read_metrics(run_dir: str | Path) -> dict:
