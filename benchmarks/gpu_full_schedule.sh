@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The one prepared call for a lent GPU (issue 28): CO2-Net (B0) and the paper's model (B4) at full
-# width (2048-d, CO2-Net's own widths) over CO2-Net's THUMOS14 schedule (Adam 5e-5, 5,000
-# iterations, batch 10), seeds 0-2, all six side by side on the one card, checkpoints chosen on
+# The one prepared call for a lent GPU (issue 28): CO2-Net (B0), the paper's model (B4) and the
+# paper's model with its recommended 200-iteration warm-up (B4_warmup) at full width (2048-d,
+# CO2-Net's own widths) over CO2-Net's THUMOS14 schedule (Adam 5e-5, 5,000 iterations, batch 10),
+# seeds 0-2, all nine side by side on the one card, checkpoints chosen on
 # held-out training videos (best_val) and at the end (last); then seconds per training step of
 # each at full width.
 #
@@ -23,14 +24,14 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
   train=(train.iterations=4 train.eval_every=2 model.base.embed_dim=32 model.base.attention_dim=16 data.max_seqlen=32)
   bench=(--smoke)
 else
-  synth=(--preset thumos14) device=cuda jobs=6
+  synth=(--preset thumos14) device=cuda jobs=9
   train=(train.eval_every=250)
   bench=(--embed-dims 2048 --iterations 20 --batch-size 10 --max-seqlen 500)
 fi
 mkdir -p "$out"
 python3 -m wtal synth "${synth[@]}" --out "$work/data" > "$out/sweep.log" 2>&1 || { echo "synth failed: $out/sweep.log"; exit 1; }
 sweep=(--config "$root/configs/thumos14_synthetic.yaml" --variants "$root/configs/sweeps/convergence_cpu.yaml"
-  --rows B0,B4 --seeds 0,1,2 --out "$work/sweep" --compare B0 data.root="$work/data" data.val_fraction=0.2
+  --rows B0,B4,B4_warmup --seeds 0,1,2 --out "$work/sweep" --compare B0 data.root="$work/data" data.val_fraction=0.2
   train.select=best_val train.device="$device" train.threads=2 train.checkpoint_every=1000 "${train[@]}")
 timeout "$seconds" python3 -m wtal sweep --jobs "$jobs" "${sweep[@]}" >> "$out/sweep.log" 2>&1
 echo "sweep exit $? (124: stopped at $seconds s)" >> "$out/sweep.log"

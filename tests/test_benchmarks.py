@@ -100,11 +100,12 @@ def test_the_prepared_gpu_call_runs_end_to_end_in_smoke_mode(tmp_path):
     with tarfile.open(out / "runs.tgz") as tar:
         names = set(tar.getnames())
         report = json.load(tar.extractfile("./report.json"))
-    for row in ("B0", "B4"):
+    for row in ("B0", "B4", "B4_warmup"):
         for seed in (0, 1, 2):
             assert {f"./runs/{row}-seed{seed}/{f}" for f in ("config.yaml", "metrics.jsonl", "metrics.json")} <= names
     assert not any(name.endswith(".pt") for name in names)
-    assert [r["row"] for r in report["rows"]] == ["B0", "B4"] and report["rows"][1]["delta"]["paired"]["selected"]["n"] == 3
+    assert [r["row"] for r in report["rows"]] == ["B0", "B4", "B4_warmup"]
+    assert all(r["delta"]["paired"]["selected"]["n"] == 3 for r in report["rows"])
     assert "sweep exit 0" in (out / "sweep.log").read_text()
     b0, b4 = (json.loads((out / f"steps_{row}.json").read_text())["results"]["runs"][0] for row in ("B0", "B4"))
     assert b4["parameters"] > b0["parameters"]  # the TEN's; B0 is CO2-Net alone
