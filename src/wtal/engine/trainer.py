@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import random
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from wtal import __version__
 from wtal.config import Config, apply_overrides, config_from_dict, dump_config
 from wtal.data.annotations import Video
 from wtal.data.readers import FeatureDataset, load_dataset
@@ -424,13 +426,9 @@ def environment(device: torch.device) -> dict:
     and its threads. Float reductions differ between CPU kernel sets (AVX2, AVX512), so the same
     config and seed follow the same trajectory only where these match; the record says whether two
     runs could have been identical."""
-    import platform
-
-    import wtal
-
     info = {
         "python": platform.python_version(),
-        "wtal": wtal.__version__,
+        "wtal": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "system": platform.system(),
@@ -445,8 +443,6 @@ def environment(device: torch.device) -> dict:
 
 def _processor_name() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux, else what platform reports)."""
-    import platform
-
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(errors="replace").splitlines():
