@@ -22,6 +22,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def run_sweep(
     report_only: bool = False,
     compare: str | None = None,
     jobs: int = 1,
-    contrasts: list[tuple[str, str]] = (),
+    contrasts: Sequence[tuple[str, str]] = (),
 ) -> dict:
     """Train every (row, seed) not finished yet, then write the report; returns the report dict.
 
@@ -217,7 +218,7 @@ def summarize(
     seeds: list[int],
     out: Path,
     compare: str | None = None,
-    contrasts: list[tuple[str, str]] = (),
+    contrasts: Sequence[tuple[str, str]] = (),
 ) -> dict:
     """Mean and std over seeds of every scalar metric, per row, and each run's own values.
 
