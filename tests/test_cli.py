@@ -149,6 +149,19 @@ def test_demo_on_a_small_dataset(tiny_dataset, tmp_path, capsys):
     assert "using the synthetic dataset already in" in text and "(128-d features)" in text and "older demo" not in text
 
 
+def test_the_demo_cut_config_is_what_the_demo_trains():
+    """configs/demo_cut.yaml (the cut the schedules of reports/demo_cut/ were measured at) resolves
+    to the config `wtal demo` builds from DEMO_OVERRIDES, so the two cannot drift apart."""
+    from pathlib import Path
+
+    from wtal.cli import DEMO_OVERRIDES
+    from wtal.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "demo_cut.yaml"
+    demo = load_config(None, ["data.root=data/synthetic_thumos14_512", *DEMO_OVERRIDES])
+    assert load_config(path, []) == demo
+
+
 def test_demo_names_its_own_older_dataset(tiny_dataset, tmp_path, capsys):
     """A demo folder whose data an older demo wrote (another width, an older preset) is used with a
     note naming what differs, never replaced without --overwrite."""
