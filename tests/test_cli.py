@@ -3,12 +3,14 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from wtal.cli import main
+from wtal.cli import DEMO_OVERRIDES, main
+from wtal.config import load_config
 from wtal.data.synthetic import configure, written_knobs
 
 
@@ -152,11 +154,6 @@ def test_demo_on_a_small_dataset(tiny_dataset, tmp_path, capsys):
 def test_the_demo_cut_config_is_what_the_demo_trains():
     """configs/demo_cut.yaml (the cut the schedules of reports/demo_cut/ were measured at) resolves
     to the config `wtal demo` builds from DEMO_OVERRIDES, so the two cannot drift apart."""
-    from pathlib import Path
-
-    from wtal.cli import DEMO_OVERRIDES
-    from wtal.config import load_config
-
     path = Path(__file__).resolve().parents[1] / "configs" / "demo_cut.yaml"
     demo = load_config(None, ["data.root=data/synthetic_thumos14_512", *DEMO_OVERRIDES])
     assert load_config(path, []) == demo
