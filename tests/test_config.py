@@ -40,6 +40,29 @@ def test_protocol_defaults():
     assert (thumos.model.base.name, thumos.data.sampling, thumos.data.max_seqlen) == ("co2net", "resample", 500)
 
 
+
+def flat(mapping: dict, prefix: str = "") -> dict:
+    """A nested config dict as {"section.key": value}."""
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_the_authors_schedule_config_is_the_real_config_at_reduced_widths():
+    """reports/authors_schedule/README.md measures configs/thumos14.yaml's training settings through
+    configs/thumos14_synthetic_authors_schedule.yaml: the two may differ only in the data's place and
+    size, the widths and the held-out videos with the rule that reads them."""
+    real = flat(config_to_dict(load_config(CONFIGS[0].parent / "thumos14.yaml")))
+    reduced = flat(config_to_dict(load_config(CONFIGS[0].parent / "thumos14_synthetic_authors_schedule.yaml")))
+    allowed = {"data.layout", "data.root", "data.feature_dim", "data.val_fraction", "train.select",
+               "model.base.embed_dim", "model.base.attention_dim", "output_dir", "run_name"}
+    assert real.keys() == reduced.keys()
+    assert {key for key in real if real[key] != reduced[key]} <= allowed
+
 def test_overrides_are_typed():
     cfg = load_config(None, ["train.iterations=7", "train.lr=1e-3", "model.lam=2", "inference.thresholds=[0.2,0.4]"])
     assert cfg.train.iterations == 7 and cfg.train.lr == pytest.approx(1e-3)
