@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from wtal.config import config_from_dict, config_to_dict, dump_config, load_config
+from wtal.engine.checkpoint import _flatten as flat
 from wtal.errors import WtalError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -39,17 +40,6 @@ def test_protocol_defaults():
     assert (anet.data.max_seqlen, anet.model.base.topk_r, anet.eval.thresholds) == (60, 5, "anet")
     assert (thumos.model.base.name, thumos.data.sampling, thumos.data.max_seqlen) == ("co2net", "resample", 500)
 
-
-
-def flat(mapping: dict, prefix: str = "") -> dict:
-    """A nested config dict as {"section.key": value}."""
-    out = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def test_the_authors_schedule_config_is_the_real_config_at_reduced_widths():
