@@ -213,6 +213,26 @@ def test_resume_refuses_a_different_config(tiny_dataset, tmp_path):
         train(fewer, progress=False, resume=True)
 
 
+def test_resume_reads_a_key_the_checkpoint_predates_as_its_default(tiny_dataset, tmp_path):
+    """A run saved before a config key existed resumes when the key is at its default, and not
+    when the key is set otherwise."""
+    import yaml
+
+    train(load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=4)), progress=False)
+    path = tmp_path / "run" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    saved = yaml.safe_load(state["config"])
+    del saved["imports"]
+    state["config"] = yaml.safe_dump(saved, sort_keys=False)
+    torch.save(state, path)
+    with pytest.raises(WtalError, match=r"differing keys: imports: checkpoint \[\], now \['x.py'\]"):
+        cfg = load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=6))
+        cfg.imports = ["x.py"]
+        train(cfg, progress=False, resume=True)
+    result = train(load_config(None, _overrides(tiny_dataset, tmp_path, "run", iterations=6)), progress=False, resume=True)
+    assert load_checkpoint(result.run_dir / "last.pt")["step"] == 6
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_dataset, tmp_path, capsys):
     from wtal.cli import main
 

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from wtal.errors import WtalError
+from wtal.extensions import import_extensions
 from wtal.io import read_yaml_mapping
 from wtal.localize import InferenceConfig
 from wtal.models.registry import ModelConfig, model_config_class
@@ -85,6 +86,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs"  # parent folder of run directories
     run_name: str = ""  # run directory name (empty: <model>-<timestamp>)
+    imports: list[str] = field(default_factory=list)  # .py files or modules imported first: a method of one's own (wtal.extensions)
 
 
 DEFAULT_MODEL = "whole_video_bg"
@@ -193,6 +195,7 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Confi
     import wtal.models  # noqa: F401  (registers the models)
 
     values = dict(values or {})
+    import_extensions(values.get("imports", []), source)
     model_values = values.pop("model", None) or {}
     model = _build_model_config(model_values, f"{source}: model", DEFAULT_MODEL)
     inference_values = values.get("inference")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from wtal.config import Config, dump_config
+from wtal.config import Config, config_from_dict, dump_config
 from wtal.data.sampling import TrainBatches
 from wtal.errors import WtalError
 from wtal.io import atomic_path, write_text
@@ -116,10 +116,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def _check_resume_config(cfg: Config, saved_text: str, source: Path) -> None:
+    """Refuse to resume when the run's saved config differs from ``cfg`` outside RESUMABLE_CHANGES.
+    A key the saved config lacks (written before the key existed) counts as its default."""
     try:
-        saved = _flatten(yaml.safe_load(saved_text) or {})
+        tree = yaml.safe_load(saved_text) or {}
+        written = _flatten(tree)
     except (yaml.YAMLError, AttributeError) as exc:
         raise WtalError(f"{source}: config: not readable ({exc})") from None
+    try:
+        saved = _flatten(yaml.safe_load(dump_config(config_from_dict(tree, str(source)))))
+    except WtalError:
+        saved = written  # not loadable as it stands (a key since removed): compared as written
     current = _flatten(yaml.safe_load(dump_config(cfg)))
     differ = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
     if differ:

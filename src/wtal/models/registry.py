@@ -118,9 +118,16 @@ _MODELS: dict[str, tuple[type[nn.Module], type[ModelConfig]]] = {}
 
 
 def register_model(name: str, config_class: type[ModelConfig]) -> Callable[[type], type]:
+    """Register ``model_class`` under ``name`` with its config dataclass (whose ``name`` field
+    defaults to ``name``); a name can be registered once per process."""
+
     def decorator(model_class: type) -> type:
         if name in _MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
+            taken = _MODELS[name][0]
+            raise WtalError(
+                f"model.name: {name!r} is registered already (by {taken.__module__}.{taken.__qualname__}); "
+                f"{model_class.__module__}.{model_class.__qualname__} needs a name of its own"
+            )
         _MODELS[name] = (model_class, config_class)
         return model_class
 
@@ -133,7 +140,10 @@ def available_models() -> list[str]:
 
 def _entry(name: str) -> tuple[type[nn.Module], type[ModelConfig]]:
     if name not in _MODELS:
-        raise WtalError(f"model.name: unknown model {name!r}; expected one of {available_models()}")
+        raise WtalError(
+            f"model.name: unknown model {name!r}; expected one of {available_models()} (a model of your own "
+            "is registered by listing its file under imports, docs/adding_a_method.md)"
+        )
     return _MODELS[name]
 
 
