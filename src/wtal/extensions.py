@@ -19,12 +19,11 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 
 from wtal.errors import WtalError
 
 
-def is_file_entry(entry: str) -> bool:
+def _is_file_entry(entry: str) -> bool:
     """Whether an ``imports`` entry names a file (rather than a module)."""
     return entry.endswith(".py") or "/" in entry or os.sep in entry
 
@@ -36,10 +35,11 @@ def _module_name(path: Path) -> str:
     return f"wtal_imports_{stem}_{digest}"
 
 
-def _import_file(path: Path) -> ModuleType:
+def _import_file(path: Path) -> None:
+    """Run the file at ``path`` (resolved) as a module, once per process; a failed run leaves no module."""
     name = _module_name(path)
     if name in sys.modules:
-        return sys.modules[name]
+        return
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -48,31 +48,29 @@ def _import_file(path: Path) -> ModuleType:
     except BaseException:
         del sys.modules[name]
         raise
-    return module
 
 
-def import_extensions(entries: list, where: str = "config") -> list[ModuleType]:
+def import_extensions(entries: list, where: str = "config") -> None:
     """Import each entry of a config's ``imports`` list (files or module names), in order; an
     error names ``<where>: imports[i]``, what was found and what was expected. An exception raised
     by the imported code itself propagates with its own traceback."""
     if not isinstance(entries, list):
         raise WtalError(f"{where}: imports: expected a list of .py files or module names, found {entries!r}")
-    modules = []
     for i, entry in enumerate(entries):
         field = f"{where}: imports[{i}]"
         if not isinstance(entry, str) or not entry.strip():
             raise WtalError(f"{field}: expected a .py file or a module name, found {entry!r}")
-        if is_file_entry(entry):
+        if _is_file_entry(entry):
             path = Path(entry).expanduser()
             if not path.is_file():
                 raise WtalError(
                     f"{field}: no file {entry!r} (relative paths are read from the working directory, "
                     f"{Path.cwd()}); expected a .py file that registers a model"
                 )
-            modules.append(_import_file(path.resolve()))
+            _import_file(path.resolve())
             continue
         try:
-            modules.append(importlib.import_module(entry))
+            importlib.import_module(entry)
         except ModuleNotFoundError as exc:
             if exc.name is None or not (entry == exc.name or entry.startswith(exc.name + ".")):
                 raise
@@ -80,4 +78,3 @@ def import_extensions(entries: list, where: str = "config") -> list[ModuleType]:
                 f"{field}: no module {entry!r} on the Python path; expected an importable module name, "
                 "or a path ending in .py"
             ) from None
-    return modules
