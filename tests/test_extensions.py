@@ -6,17 +6,16 @@ The example is ``examples/stpn.py``, which nothing in ``src/wtal`` imports.
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from model_checks import C, D, assert_gradients_reach_every_parameter, assert_scores_contract, make_batch
 from wtal.cli import main
 from wtal.config import load_config
 from wtal.errors import WtalError
+from wtal.io import read_json, read_jsonl, read_yaml_mapping
 from wtal.models import build_model, registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +44,10 @@ def test_the_example_method_trains_and_a_fresh_process_localises_its_run(fresh_r
     args = ["train", "--quiet", f"imports=[{EXAMPLE}]", "model=stpn", "train.threads=1", *tiny_run_overrides]
     assert main(args) == 0
     run = tmp_path / "runs" / "run"
-    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved = read_yaml_mapping(run / "config.yaml", "a run's resolved config")
     assert saved["imports"] == [str(EXAMPLE)] and saved["model"]["name"] == "stpn"
     assert saved["model"]["sparsity_weight"] == 1e-4
-    losses = [line for line in map(yaml.safe_load, (run / "metrics.jsonl").read_text().splitlines()) if line["split"] == "train"]
+    losses = [line for line in read_jsonl(run / "metrics.jsonl") if line["split"] == "train"]
     assert set(losses[0]) >= {"total", "cls", "sparsity"} and losses[-1]["cls"] < losses[0]["cls"]
 
     # A process that has never imported the file localises the run from its config.yaml alone.
@@ -59,7 +58,7 @@ def test_the_example_method_trains_and_a_fresh_process_localises_its_run(fresh_r
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert len(yaml.safe_load(out.read_text())["results"]) > 0
+    assert len(read_json(out)["results"]) > 0
 
 
 def test_the_papers_parts_sit_on_the_example_method(fresh_registry):
@@ -119,9 +118,7 @@ def test_an_unknown_model_points_to_imports_and_the_files_own_errors_keep_their_
     with pytest.raises(WtalError, match=r"unknown model 'stpn'.*listing its file under imports"):
         load_config(None, ["model=stpn"])
     broken = tmp_path / "broken.py"
-    broken.write_text(textwrap.dedent("""\
-        import a_dependency_that_is_not_installed_xyz
-    """))
+    broken.write_text("import a_dependency_that_is_not_installed_xyz\n")
     with pytest.raises(ModuleNotFoundError, match="a_dependency_that_is_not_installed_xyz"):
         load_config(None, [f"imports=[{broken}]"])
     assert not any(name.startswith("wtal_imports_broken") for name in sys.modules)
